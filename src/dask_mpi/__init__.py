@@ -1,0 +1,12 @@
+"""Deploy a Dask distributed cluster from the ranks of one MPI job.
+
+Importing this package starts no MPI and installs no signal handler; the
+entry points do that when called.
+"""
+
+from .core import initialize, send_close_signal
+from .exceptions import WorldTooSmallException
+from .execute import execute
+
+__all__ = ["execute", "initialize", "send_close_signal", "WorldTooSmallException"]
+__version__ = "0.1.0"

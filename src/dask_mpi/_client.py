@@ -1,0 +1,141 @@
+"""Client side: point a plain ``Client()`` at the cluster, and let go of it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import dask.config
+
+logger = logging.getLogger(__name__)
+
+
+def client_config(address: str, security: Any) -> dict[str, Any]:
+    """Return the dask.config entries that make ``Client()`` find the cluster.
+
+    The client's key and certificate go into the client rank's config only;
+    scheduler and worker ranks never hold them in config, because a worker's
+    state dump includes its config.
+    """
+    config: dict[str, Any] = {"scheduler-address": address}
+    if security is not None and getattr(security, "require_encryption", False):
+        config.update({
+            "distributed.comm.require-encryption": True,
+            "distributed.comm.tls.ca-file": security.tls_ca_file,
+            "distributed.comm.tls.client.cert": security.tls_client_cert,
+            "distributed.comm.tls.client.key": security.tls_client_key,
+        })
+    return config
+
+
+class ClientConfig:
+    """Sets the client rank's dask.config and restores it when the job ends."""
+
+    def __init__(self, address: str, security: Any):
+        self._config = dask.config.set(client_config(address, security))
+
+    def restore(self) -> None:
+        """Put back the config that was there before; safe to call twice."""
+        if self._config is not None:
+            self._config.__exit__(None, None, None)
+            self._config = None
+
+
+def close_open_clients(timeout: float) -> None:
+    """Close the Client objects still open in this process.
+
+    They would otherwise see the scheduler go away under them and log
+    connection errors on the way out.
+    """
+    from distributed.client import Client
+
+    clients = list(getattr(Client, "_instances", ()))
+    for client in clients:
+        if client.status in ("closed", "closing"):
+            continue
+        with contextlib.suppress(Exception):
+            client.close(timeout=timeout)
+
+
+class ClientSession:
+    """The client rank's part of a batch job: start-up wait and the end.
+
+    Parameters
+    ----------
+    job
+        The client rank's Job, with the scheduler address received.
+    """
+
+    def __init__(self, job: Any):
+        self.job = job
+        self.config = ClientConfig(job.address, job.security)
+        self.ended = False
+        self.background: Any = None
+        self.failed = False
+
+    def wait_until_ready(self) -> None:
+        """Return once the scheduler rank reports that the workers joined."""
+        from ._world import TAG_READY
+
+        job = self.job
+        if job.layout.scheduler_rank is None:
+            return
+        _, (_, missing) = job.world.recv(
+            job.layout.scheduler_rank, TAG_READY, job.options.startup_timeout + 30,
+            "report that the workers joined",
+        )
+        if missing:
+            logger.warning(
+                "Starting without the workers of rank(s) %s",
+                ", ".join(map(str, missing)),
+            )
+
+    def end(self, reason: str) -> None:
+        """End the cluster and wait until it is closed; safe to call twice."""
+        if self.ended:
+            return
+        self.ended = True
+        job = self.job
+        close_open_clients(timeout=2)
+        if job.layout.scheduler_rank is None:
+            self._close_workers(reason)
+        else:
+            self._ask_coordinator(reason)
+        if self.background is not None:
+            self.background.join(job.options.shutdown_timeout + 5)
+        self.config.restore()
+
+    def _ask_coordinator(self, reason: str) -> None:
+        from ._world import TAG_CONTROL
+
+        job = self.job
+        coordinator = job.layout.coordinator
+        code = 1 if self.failed else 0
+        own = self.background is not None
+        if own or job.world.poll(coordinator, TAG_CONTROL) is None:
+            job.world.send(
+                ("stop", code, reason, job.rank), coordinator, TAG_CONTROL,
+                job.options.shutdown_timeout,
+            )
+            if not own:
+                job.world.recv(
+                    coordinator, TAG_CONTROL, job.options.shutdown_timeout + 5,
+                    "close the cluster",
+                )
+
+    def _close_workers(self, reason: str) -> None:
+        """Close the workers of a job that joined an outside scheduler."""
+        from ._world import TAG_CONTROL
+
+        job = self.job
+        message = ("close", 0, reason, job.rank)
+        ranks = list(job.layout.worker_ranks)
+        for rank in ranks:
+            job.world.post(message, rank)
+        waiting = set(ranks)
+        deadline = job.options.shutdown_timeout
+        while waiting:
+            _, answer = job.world.recv(None, TAG_CONTROL, deadline, "close")
+            if answer[0] == "closed":
+                waiting.discard(answer[1])

@@ -1,0 +1,360 @@
+"""How the job ends: the coordinator decides, every other rank follows.
+
+Messages on the control tag, all tuples:
+
+``("stop", code, reason, decider)``
+    any rank -> coordinator: end the job. ``decider`` is the rank whose exit
+    code is the job's; every other rank exits 0, because MPICH's mpirun ORs
+    the ranks' codes and Open MPI's reports the first non-zero one.
+``("close", code, reason, decider)``
+    coordinator -> other ranks: close your workers now.
+``("closed", rank)``
+    other rank -> coordinator: my workers are closed.
+``("lost", rank, reason)``
+    worker rank -> coordinator: my workers ended on their own.
+``("retired", rank)``
+    joining rank -> rank 0: the scheduler retired my workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from . import _scheduler, _worker
+from ._launch import EXIT_FAILURE, Job, names_on, signal_text
+from ._layout import Role
+from ._world import TAG_CONTROL, TAG_READY
+
+logger = logging.getLogger(__name__)
+
+_TICK = 0.02
+_LIVENESS_PERIOD = 1.0
+_LIVENESS_FAILURES = 3
+
+
+def _finished(server: Any) -> bool:
+    status = getattr(server, "status", None)
+    return getattr(status, "name", "") in ("closed", "closing", "failed")
+
+
+async def _close_all(workers: list[Any], timeout: float, reason: str) -> None:
+    await asyncio.gather(
+        *(_worker.close_worker(w, timeout, reason) for w in workers)
+    )
+
+
+# ------------------------------------------------------------ coordinator
+
+
+def _intercept_terminate(scheduler: Any) -> asyncio.Event:
+    """Make a client's ``shutdown()`` start the ordered close, not a raw one.
+
+    ``Scheduler.close`` with every worker still attached costs time that
+    grows with the square of the number of workers; the ordered close lets
+    the workers leave first.
+    """
+    requested = asyncio.Event()
+
+    async def terminate(**kwargs: Any) -> None:
+        requested.set()
+
+    scheduler.handlers["terminate"] = terminate
+    return requested
+
+
+async def _announce_ready(job: Job, scheduler: Any) -> list[int]:
+    """Wait for the workers, then tell the client rank the cluster is ready."""
+    names = _scheduler.expected_names(
+        job.options.name, job.layout.worker_ranks, job.options.workers_per_rank
+    )
+    missing = await _scheduler.wait_for_workers(
+        scheduler, names, job.infos, job.options.startup_timeout
+    )
+    if job.layout.client_rank is not None:
+        job.world.post(("ready", missing), job.layout.client_rank, TAG_READY)
+    return missing
+
+
+async def _wait_for_end(
+    job: Job, scheduler: Any, terminate: asyncio.Event, ready: asyncio.Task,
+) -> tuple[int, str, int]:
+    """Return (code, reason, decider) of the first event that ends the job."""
+    while True:
+        found = job.world.poll(None, TAG_CONTROL)
+        if found is not None:
+            message = found[1]
+            if message[0] == "stop":
+                return message[1], message[2], message[3]
+            if message[0] == "lost":
+                logger.warning(
+                    "The workers of %s ended: %s", job.where(message[1]), message[2]
+                )
+        if job.signal_received is not None:
+            return 128 + job.signal_received, f"signal {signal_text(job)}", job.rank
+        if terminate.is_set():
+            return 0, "a client asked the scheduler to shut down", job.rank
+        if _finished(scheduler):
+            return EXIT_FAILURE, "the scheduler closed on its own", job.rank
+        if ready.done() and not ready.cancelled() and ready.exception() is None:
+            if set(ready.result()) >= set(job.layout.worker_ranks):
+                return (
+                    EXIT_FAILURE,
+                    "no worker registered within mpi.startup-timeout",
+                    job.rank,
+                )
+        await asyncio.sleep(_TICK)
+
+
+async def coordinate(job: Job, scheduler: Any, workers: list[Any]) -> int:
+    """Serve as the coordinator until the job ends; return this rank's code."""
+    terminate = _intercept_terminate(scheduler)
+    ready = asyncio.create_task(_announce_ready(job, scheduler))
+    try:
+        code, reason, decider = await _wait_for_end(job, scheduler, terminate, ready)
+    finally:
+        ready.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await ready
+    await close_cluster(job, scheduler, workers, code, reason, decider)
+    return code if decider == job.rank else 0
+
+
+async def close_cluster(
+    job: Job, scheduler: Any, workers: list[Any], code: int, reason: str,
+    decider: int,
+) -> None:
+    """Close the workers, then the scheduler, then release the client ranks."""
+    timeout = job.options.shutdown_timeout
+    deadline = time.monotonic() + timeout
+    others = [r for r in range(job.world.size) if r != job.rank]
+    followers = [r for r in others if _serves(job, r)]
+    message = ("close", code, reason, decider)
+    for rank in followers:
+        job.world.post(message, rank)
+
+    await _close_all(workers, timeout, reason)
+    missing = await _collect_closed(job, followers, deadline)
+    if missing:
+        listed = ", ".join(job.where(r) for r in missing)
+        logger.error(
+            "No answer from %s within %.0f s (mpi.shutdown-timeout); aborting "
+            "the job with exit code %d", listed, timeout, code or EXIT_FAILURE,
+        )
+        job.world.abort(code or EXIT_FAILURE)
+
+    if scheduler is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(scheduler.close(reason=reason), timeout)
+    if job.options.scheduler_file and job.address:
+        _scheduler.remove_scheduler_file(job.options.scheduler_file, job.address)
+
+    clients = [r for r in others if r not in followers]
+    requests = [job.world.post(message, r) for r in clients]
+    await _wait_sent(requests, 1.0)
+    logger.info("Cluster closed: %s; exit code %d", reason, code)
+
+
+def _serves(job: Job, rank: int) -> bool:
+    return bool(job.layout.role(rank) & (Role.SCHEDULER | Role.WORKER))
+
+
+async def _collect_closed(job: Job, ranks: list[int], deadline: float) -> list[int]:
+    waiting = set(ranks)
+    while waiting and time.monotonic() < deadline:
+        found = job.world.poll(None, TAG_CONTROL)
+        if found is None:
+            await asyncio.sleep(0.002)
+            continue
+        message = found[1]
+        if message[0] == "closed":
+            waiting.discard(message[1])
+    return sorted(waiting)
+
+
+async def _wait_sent(requests: list[Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(r.test()[0] for r in requests) and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
+
+
+# ------------------------------------------------------------ followers
+
+
+async def follow(job: Job, workers: list[Any]) -> int:
+    """Serve this rank's workers until the coordinator says close."""
+    coordinator = job.layout.coordinator
+    watch = _Watch(job, workers)
+    while True:
+        found = job.world.poll(coordinator, TAG_CONTROL)
+        if found is not None and found[1][0] == "close":
+            _, code, reason, decider = found[1]
+            break
+        await watch.check()
+        await asyncio.sleep(_TICK)
+
+    await _close_all(workers, job.options.shutdown_timeout, reason)
+    request = job.world.post(("closed", job.rank), coordinator)
+    await _wait_sent([request], job.options.shutdown_timeout)
+    return code if decider == job.rank else 0
+
+
+class _Watch:
+    """Notices signals, ended workers and a lost scheduler on a follower."""
+
+    def __init__(self, job: Job, workers: list[Any]):
+        self.job = job
+        self.workers = workers
+        self.signalled_at: float | None = None
+        self.lost = False
+        self.failures = 0
+        self.next_check = 0.0
+
+    async def check(self) -> None:
+        job = self.job
+        now = time.monotonic()
+        if job.signal_received is not None and self.signalled_at is None:
+            self.signalled_at = now
+            code = 128 + job.signal_received
+            job.world.post(
+                ("stop", code, f"signal {signal_text(job)}", job.rank),
+                job.layout.coordinator,
+            )
+        if self.signalled_at is not None:
+            if now - self.signalled_at > job.options.shutdown_timeout + 5:
+                logger.error(
+                    "The coordinator (%s) did not end the job after a signal; "
+                    "aborting it", job.where(job.layout.coordinator),
+                )
+                job.world.abort(128 + (job.signal_received or 0))
+        if self.workers and not self.lost and all(map(_finished, self.workers)):
+            self.lost = True
+            job.world.post(
+                ("lost", job.rank, "the worker closed"), job.layout.coordinator
+            )
+        if self.lost and now >= self.next_check and job.address:
+            self.next_check = now + _LIVENESS_PERIOD
+            await self._check_scheduler()
+
+    async def _check_scheduler(self) -> None:
+        job = self.job
+        alive = await asyncio.to_thread(_worker.scheduler_answers, job.address)
+        self.failures = 0 if alive else self.failures + 1
+        if self.failures >= _LIVENESS_FAILURES:
+            logger.error(
+                "The scheduler on %s (%s) is gone; ending the job with exit "
+                "code %d", job.where(job.layout.scheduler_rank or 0),
+                job.address, EXIT_FAILURE,
+            )
+            job.world.abort(EXIT_FAILURE)
+
+
+# ------------------------------------------------------------ joining
+
+
+async def join(job: Job) -> int:
+    """Run workers that join an outside scheduler, re-joining when it returns.
+
+    Every rank runs this. Rank 0 also collects the other ranks' reports and
+    ends the job when all workers were retired or a rank asks it to stop.
+    """
+    options = job.options
+    state = _JoinState(job)
+    previous: str | None = None
+    timeout = options.startup_timeout
+    while True:
+        try:
+            address = await _worker.wait_for_scheduler(
+                options.scheduler_address, options.scheduler_file, timeout, previous
+            )
+        except TimeoutError as error:
+            if job.rank != 0:
+                return 0
+            logger.error("%s", error)
+            return EXIT_FAILURE
+        workers = await _start_joined(job, address)
+        outcome = await state.watch(workers)
+        await _close_all(workers, options.shutdown_timeout, "dask-mpi job ends")
+        if outcome is not None:
+            return outcome
+        if await asyncio.to_thread(_worker.scheduler_answers, address):
+            await state.retired()
+            outcome = await state.watch([])
+            return outcome or 0
+        previous, timeout = address, options.rejoin_timeout
+
+
+async def _start_joined(job: Job, address: str) -> list[Any]:
+    from . import _nodes, _security
+
+    options = job.options
+    if options.scheduler_file:
+        info = _worker.read_scheduler_info(options.scheduler_file)
+        job.security = _security.from_scheduler_file(info) or job.security
+    nthreads = options.nthreads or _nodes.default_threads(job.infos, job.rank)
+    count = options.workers_per_rank
+    memory = _nodes.memory_limit(options.memory_limit, job.infos, job.rank, count)
+    directory = options.local_directory or _nodes.default_local_directory()
+    workers = []
+    for name in names_on(job, job.rank):
+        kwargs = _worker.worker_kwargs(
+            options, f"{name}-{job.join_tag}", nthreads, memory, directory,
+            job.host, job.security,
+        )
+        workers.append(await _worker.start_worker(address, options, **kwargs))
+    logger.info("Joined the scheduler at %s", address)
+    return workers
+
+
+class _JoinState:
+    """Control messages of a joining job; rank 0 keeps the count."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.retired_ranks: set[int] = set()
+
+    async def retired(self) -> None:
+        logger.info("The scheduler retired this rank's workers")
+        self.job.world.post(("retired", self.job.rank), 0)
+
+    async def watch(self, workers: list[Any]) -> int | None:
+        """Wait until the workers end (None) or the job ends (exit code)."""
+        job = self.job
+        while True:
+            found = job.world.poll(None, TAG_CONTROL)
+            if found is not None:
+                outcome = self._handle(found[1])
+                if outcome is not None:
+                    return outcome
+            if job.signal_received is not None:
+                code = 128 + job.signal_received
+                if job.rank == 0:
+                    return self._end(code, f"signal {signal_text(job)}", job.rank)
+                job.world.post(("stop", code, signal_text(job), job.rank), 0)
+                job.signal_received = None
+            if workers and all(map(_finished, workers)):
+                return None
+            await asyncio.sleep(_TICK)
+
+    def _handle(self, message: tuple) -> int | None:
+        job = self.job
+        kind = message[0]
+        if kind == "close":
+            return message[1] if message[3] == job.rank else 0
+        if kind == "stop" and job.rank == 0:
+            return self._end(message[1], message[2], message[3])
+        if kind == "retired" and job.rank == 0:
+            self.retired_ranks.add(message[1])
+            if len(self.retired_ranks) == job.world.size:
+                return self._end(0, "the scheduler retired every worker", 0)
+        return None
+
+    def _end(self, code: int, reason: str, decider: int) -> int:
+        job = self.job
+        for rank in range(1, job.world.size):
+            job.world.post(("close", code, reason, decider), rank)
+        logger.info("Workers closed: %s; exit code %d", reason, code)
+        return code if decider == job.rank else 0

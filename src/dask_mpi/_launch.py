@@ -1,0 +1,458 @@
+"""The launch core under the CLI and every API function.
+
+Each rank runs the same steps: check the options, learn its role, exchange
+facts about its node with every other rank, start its part of the cluster,
+and serve until the coordinator (the scheduler rank, or rank 0 when the job
+joins an outside scheduler) says the job ends. Ending goes through MPI: the
+coordinator tells the worker ranks to close, waits for them, closes the
+scheduler with no workers attached, and only then releases the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _logs, _nodes, _scheduler, _security, _worker
+from ._layout import Layout, Role, plan
+from ._options import Mode, Options, Style, resolve
+from ._world import TAG_CONTROL, TAG_DATA, World, check_launcher
+from .exceptions import DaskMPIError, StartupError, UsageError
+
+logger = logging.getLogger(__name__)
+
+# Exit codes besides 0 and 128+signal.
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# How often a rank that waits for a lost scheduler checks that it answers,
+# and how many failed checks in a row mean it is gone.
+_LIVENESS_PERIOD = 1.0
+_LIVENESS_FAILURES = 3
+
+
+@dataclass
+class Job:
+    """One rank's view of the job: options, roles, peers and shared secrets."""
+
+    mode: Mode
+    style: Style
+    options: Options
+    world: World
+    layout: Layout
+    infos: list[_nodes.RankInfo] = field(default_factory=list)
+    host: str | None = None
+    loopback: bool = False
+    security: Any = None
+    address: str | None = None
+    signal_received: int | None = None
+
+    @property
+    def join_tag(self) -> str:
+        """A short tag, the same on every rank, unique to this job.
+
+        Workers that join an outside scheduler add it to their names, so
+        that they never collide with the names of that cluster's workers.
+        """
+        import hashlib
+
+        first = self.infos[0]
+        text = f"{first.host}-{first.pid}"
+        return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+    @property
+    def rank(self) -> int:
+        """This rank's index in the world."""
+        return self.world.rank
+
+    @property
+    def role(self) -> Role:
+        """This rank's roles."""
+        return self.layout.role(self.rank)
+
+    @property
+    def serves(self) -> bool:
+        """True when this rank runs a scheduler or workers."""
+        return bool(self.role & (Role.SCHEDULER | Role.WORKER)) or (
+            not self.options.scheduler and self.mode is Mode.CLI
+        )
+
+    def where(self, rank: int) -> str:
+        """Name ``rank`` and its host for messages."""
+        host = self.infos[rank].host if self.infos else "?"
+        return f"rank {rank} on {host}"
+
+
+# ---------------------------------------------------------------- start-up
+
+
+def prepare(
+    mode: Mode, style: Style, given: Mapping[str, Any], nanny: bool | None,
+    comm: Any,
+) -> Job:
+    """Check options, assign roles and exchange node facts, on every rank.
+
+    Every check that can fail on one rank only (a missing interface, an
+    unwritable scheduler file directory, a taken port) travels through the
+    first exchange, so that all ranks fail together instead of some waiting
+    for the others forever.
+    """
+    options = resolve(mode, style, given, nanny)
+    world = World.of(comm)
+    check_launcher(world.size)
+    layout = plan(world.size, mode, options, style)
+    _logs.configure(world.rank, options.log_level)
+    job = Job(mode, style, options, world, layout)
+
+    world.open(options.startup_timeout)
+    problem = _local_problem(job)
+    mine = _nodes.describe_self(world.rank, problem)
+    job.infos = world.allgather(
+        mine, options.startup_timeout, "join the start-up exchange"
+    )
+    for info in job.infos:
+        if info.error is not None:
+            option, value, text, fix = info.error
+            raise UsageError(option, value, f"{text} on {job.where(info.rank)}", fix)
+
+    job.loopback = mode.batch and not options.interface and (
+        _nodes.single_host(job.infos)
+    )
+    job.host = _listen_host(job)
+    return job
+
+
+def _local_problem(job: Job) -> tuple[str, Any, str, str] | None:
+    """Return (option, value, problem, fix) for a check that failed here."""
+    from ._options import option_name
+
+    options, role = job.options, job.role
+
+    def name(key: str) -> str:
+        return option_name(key, job.style)
+
+    if options.interface and job.serves:
+        import psutil
+
+        interfaces = psutil.net_if_addrs()
+        if options.interface not in interfaces:
+            return (
+                name("interface"), options.interface, "no such network interface",
+                f"Give one of: {', '.join(sorted(interfaces))}.",
+            )
+    if Role.SCHEDULER in role and options.scheduler_file:
+        directory = _os_dirname(options.scheduler_file)
+        problem = _worker.writable_directory(directory)
+        if problem:
+            return (
+                name("scheduler-file"), options.scheduler_file,
+                f"{problem} ({directory})",
+                "Create the directory, or give a path in a writable directory.",
+            )
+    if Role.SCHEDULER in role:
+        for key, port in _ports_to_check(options):
+            if not _scheduler.port_is_free("", port):
+                return (
+                    name(key), port, "the port is already in use",
+                    "Give a free port, or leave the option out for a free one.",
+                )
+    if options.local_directory and Role.WORKER in role:
+        problem = _worker.writable_directory(options.local_directory)
+        if problem:
+            return (
+                name("local-directory"), options.local_directory, problem,
+                "Give an existing, writable directory on node-local storage.",
+            )
+    return None
+
+
+def _os_dirname(path: str) -> str:
+    import os
+
+    return os.path.dirname(path) or "."
+
+
+def _ports_to_check(options: Options) -> list[tuple[str, int]]:
+    ports = []
+    if options.scheduler_port:
+        ports.append(("scheduler-port", options.scheduler_port))
+    if options.dashboard and options.dashboard_address:
+        port = _scheduler.split_host_port(options.dashboard_address)[1]
+        if port:
+            ports.append(("dashboard-address", port))
+    return ports
+
+
+def _listen_host(job: Job) -> str | None:
+    """Return the address servers bind to, or None when an interface is named.
+
+    A batch job on one node listens on loopback, so nothing outside the node
+    can connect. Otherwise servers listen on the address of the default
+    route's interface, not on every interface.
+    """
+    if job.options.interface:
+        return None
+    if job.loopback:
+        return "127.0.0.1"
+    return _nodes.default_route_address()
+
+
+def share_address(job: Job, scheduler: Any = None, error: str | None = None) -> None:
+    """Send the scheduler address and credentials, or a start-up error, to all."""
+    payload: Any = ("error", error) if error else (
+        "address", scheduler.address, job.security,
+    )
+    job.world.scatter_same(payload, job.options.startup_timeout)
+
+
+def receive_address(job: Job) -> None:
+    """Receive what :func:`share_address` sent; raise if the scheduler failed."""
+    source = job.layout.scheduler_rank
+    _, payload = job.world.recv(
+        source, TAG_DATA, job.options.startup_timeout,
+        "start the scheduler and send its address",
+    )
+    if payload[0] == "error":
+        error = StartupError(payload[1])
+        error.reporter = source  # type: ignore[attr-defined]
+        raise error
+    job.security = payload[2]
+    job.address = payload[1]
+
+
+# ---------------------------------------------------------------- serving
+
+
+def install_signal_handlers(job: Job, loop: asyncio.AbstractEventLoop) -> list[int]:
+    """Record SIGTERM, SIGINT and the shutdown signals in ``job``.
+
+    The handlers only store the signal; the serving loop acts on it. A
+    second signal while the job is ending aborts it at once.
+    """
+    signals = [signal.SIGTERM, signal.SIGINT, *job.options.shutdown_signals]
+
+    def received(number: int) -> None:
+        if job.signal_received is not None:
+            job.world.abort(128 + number)
+        job.signal_received = number
+
+    installed = []
+    for number in dict.fromkeys(signals):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(number, received, number)
+            installed.append(number)
+    return installed
+
+
+def _signal_name(number: int) -> str:
+    with contextlib.suppress(ValueError):
+        return signal.Signals(number).name
+    return str(number)
+
+
+async def serve(job: Job) -> int:
+    """Run this rank's scheduler and workers until the job ends.
+
+    Returns the exit code for this rank: the job's code on the rank that
+    decided the outcome and 0 elsewhere.
+    """
+    from ._coordinator import coordinate, follow, join
+
+    if job.mode is Mode.CLI and not job.options.scheduler:
+        return await join(job)
+    scheduler = None
+    if Role.SCHEDULER in job.role:
+        scheduler = await _start_scheduler(job)
+    elif not job.options.scheduler:
+        await outside_scheduler(job)
+    elif job.address is None:
+        receive_address(job)
+
+    workers: list[Any] = []
+    if Role.WORKER in job.role:
+        failure = await _start_workers(job, workers)
+        if failure is not None:
+            return await _report_failure(job, workers, failure)
+
+    if job.rank == job.layout.coordinator and job.options.scheduler:
+        return await coordinate(job, scheduler, workers)
+    return await follow(job, workers)
+
+
+async def outside_scheduler(job: Job) -> None:
+    """Find the outside scheduler that an execute(scheduler=False) job joins."""
+    options = job.options
+    job.address = await _worker.wait_for_scheduler(
+        options.scheduler_address, options.scheduler_file, options.startup_timeout
+    )
+    if options.scheduler_file:
+        info = _worker.read_scheduler_info(options.scheduler_file)
+        job.security = _security.from_scheduler_file(info) or job.security
+    elif options.security not in (None, True, False):
+        job.security = options.security
+
+
+async def _start_scheduler(job: Job) -> Any:
+    if job.mode.batch and job.security is None:
+        job.security = _security.for_batch(job.options)
+    elif job.security is None:
+        job.security = _security.for_cli(job.options)
+    try:
+        scheduler = await _scheduler.start_scheduler(
+            job.options, job.host, job.security
+        )
+    except Exception as error:
+        message = f"The scheduler on {job.where(job.rank)} failed to start: {error}"
+        share_address(job, error=message)
+        failure = StartupError(message)
+        failure.reporter = job.rank  # type: ignore[attr-defined]
+        raise failure from error
+
+    job.address = scheduler.address
+    if job.options.scheduler_file:
+        identity = _security.file_identity(scheduler, job.security)
+        _scheduler.write_scheduler_file(job.options.scheduler_file, identity)
+    await _async_share(job, scheduler)
+    for line in _scheduler.summary(scheduler, job.infos, job.rank, job.loopback):
+        logger.info("%s", line)
+    return scheduler
+
+
+async def _async_share(job: Job, scheduler: Any) -> None:
+    payload = ("address", scheduler.address, job.security)
+    requests = [
+        job.world.private.isend(payload, dest=r, tag=TAG_DATA)
+        for r in range(job.world.size) if r != job.rank
+    ]
+    deadline = time.monotonic() + job.options.startup_timeout
+    while not all(r.test()[0] for r in requests):
+        if time.monotonic() > deadline:
+            raise StartupError("Some ranks did not receive the scheduler address.")
+        await asyncio.sleep(0.001)
+
+
+def names_on(job: Job, rank: int) -> list[str]:
+    """Return the worker names of ``rank``."""
+    return _scheduler.worker_names(
+        job.options.name, rank, job.options.workers_per_rank
+    )
+
+
+async def _start_workers(job: Job, workers: list[Any]) -> str | None:
+    """Start this rank's workers; return a message if one failed."""
+    options = job.options
+    count = options.workers_per_rank
+    nthreads = options.nthreads or _nodes.default_threads(job.infos, job.rank)
+    memory = _nodes.memory_limit(options.memory_limit, job.infos, job.rank, count)
+    directory = options.local_directory or _nodes.default_local_directory()
+    for name in names_on(job, job.rank):
+        kwargs = _worker.worker_kwargs(
+            options, name, nthreads, memory, directory, job.host, job.security
+        )
+        try:
+            workers.append(await _worker.start_worker(job.address, options, **kwargs))
+        except Exception as error:
+            return (
+                f"Worker {name} ({options.worker_class}) on {job.where(job.rank)} "
+                f"failed to start: {type(error).__name__}: {error}"
+            )
+    return None
+
+
+async def _report_failure(job: Job, workers: list[Any], message: str) -> int:
+    """Make this rank end the job because its part failed to start."""
+    from ._coordinator import follow
+
+    logger.error("%s", message)
+    job.world.post(
+        ("stop", EXIT_FAILURE, message, job.rank), job.layout.coordinator
+    )
+    await follow(job, workers)
+    return EXIT_FAILURE
+
+
+def run_serving(job: Job) -> int:
+    """Run :func:`serve` on this thread's new event loop; return the exit code."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            install_signal_handlers(job, loop)
+        return await serve(job)
+
+    with _worker.hidden_main_script() if job.mode.batch else contextlib.nullcontext():
+        try:
+            return asyncio.run(main())
+        except DaskMPIError:
+            raise
+        except Exception:
+            logger.exception("Rank %d failed; aborting the job", job.rank)
+            job.world.abort(EXIT_FAILURE)
+            raise
+
+
+def run_coroutine(coroutine: Any) -> Any:
+    """Run ``coroutine`` to completion on a new event loop."""
+    return asyncio.run(coroutine)
+
+
+def wait_for_address(job: Job, background: Background) -> None:
+    """Wait until the serving thread knows the scheduler address."""
+    deadline = time.monotonic() + job.options.startup_timeout + 5
+    while job.address is None:
+        if not background.thread.is_alive():
+            background.join(0)
+            raise StartupError("The cluster failed to start on this rank.")
+        if time.monotonic() > deadline:
+            raise StartupError("Timed out waiting for the scheduler address.")
+        time.sleep(0.005)
+
+
+class Background:
+    """Serve this rank's scheduler and workers on a thread beside the client."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.code: int | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, name="dask-mpi-serve", daemon=True
+        )
+        self.started = threading.Event()
+
+    def _run(self) -> None:
+        try:
+            self.code = run_serving(self.job)
+        except BaseException as error:  # reported to the main thread
+            self.error = error
+
+    def join(self, timeout: float) -> int:
+        """Wait for the thread to end; return its exit code."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            logger.error("The cluster did not close within %.0f s", timeout)
+            self.job.world.abort(EXIT_FAILURE)
+        if self.error is not None:
+            raise self.error
+        return self.code or 0
+
+
+def signal_text(job: Job) -> str:
+    """Describe the signal this rank received."""
+    return f"{_signal_name(job.signal_received or 0)} on {job.where(job.rank)}"
+
+
+def usage_exit_code(error: BaseException) -> int:
+    """Return the CLI exit code for ``error``."""
+    from .exceptions import WorldTooSmallException
+
+    if isinstance(error, (UsageError, WorldTooSmallException)):
+        return EXIT_USAGE
+    return EXIT_FAILURE

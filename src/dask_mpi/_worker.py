@@ -1,0 +1,158 @@
+"""Worker side: start the worker class, watch it, join and re-join."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ._options import Options, import_worker_class
+from .exceptions import RankTimeoutError
+
+logger = logging.getLogger(__name__)
+
+
+def worker_kwargs(
+    options: Options, name: str, nthreads: int, memory_limit: int | None,
+    local_directory: str, host: str | None, security: Any,
+) -> dict[str, Any]:
+    """Return the keyword arguments for one worker of the worker class."""
+    kwargs: dict[str, Any] = dict(
+        name=name,
+        nthreads=nthreads,
+        memory_limit=memory_limit or 0,
+        local_directory=local_directory,
+        protocol=options.protocol,
+        security=security,
+    )
+    if options.interface:
+        kwargs["interface"] = options.interface
+    elif host:
+        kwargs["host"] = host
+    if options.use_nanny and options.worker_class != "distributed.Nanny":
+        kwargs["worker_class"] = options.worker_class
+    kwargs.update(options.worker_options)
+    return kwargs
+
+
+async def start_worker(address: str, options: Options, **kwargs: Any) -> Any:
+    """Start one worker of the worker class, connected to ``address``."""
+    dotted = "distributed.Nanny" if options.use_nanny else options.worker_class
+    cls = import_worker_class(dotted)
+    worker = cls(address, **kwargs)
+    await worker
+    return worker
+
+
+async def close_worker(worker: Any, timeout: float, reason: str) -> None:
+    """Close ``worker`` within ``timeout`` seconds; closing twice is harmless."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(worker.close(reason=reason), timeout)
+
+
+@contextlib.contextmanager
+def hidden_main_script() -> Iterator[None]:
+    """Keep spawned worker processes from running the user's script again.
+
+    A Nanny starts its worker with multiprocessing's spawn method, which
+    imports the parent's main script (as ``__mp_main__``) in the child. A
+    batch script that calls initialize() at top level without an
+    ``if __name__ == "__main__":`` guard would then start a second cluster
+    inside every worker process. Tasks do not need the script in the child,
+    because cloudpickle sends functions of ``__main__`` by value.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    try:
+        for attribute in saved:
+            if attribute == "__spec__":
+                main.__spec__ = None  # type: ignore[union-attr]
+            else:
+                delattr(main, attribute)
+        yield
+    finally:
+        for attribute, value in saved.items():
+            setattr(main, attribute, value)
+
+
+def scheduler_answers(address: str, timeout: float = 1.0) -> bool:
+    """True when a TCP connection to the scheduler's port succeeds."""
+    from ._scheduler import split_host_port
+
+    host, port = split_host_port(address)
+    if port is None:
+        return False
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_scheduler_info(path: str) -> dict[str, Any]:
+    """Return the contents of the scheduler file, or {} if it is not there."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def read_scheduler_file(path: str) -> str | None:
+    """Return the address in the scheduler file, or None if it is not there."""
+    return read_scheduler_info(path).get("address")
+
+
+async def wait_for_scheduler(
+    address: str | None, scheduler_file: str | None, timeout: float | None,
+    previous: str | None = None,
+) -> str:
+    """Wait until a scheduler answers and return its address.
+
+    With a scheduler file, the address is read from it on every try, so a
+    new scheduler that rewrote the file is found. ``previous`` is logged as
+    the scheduler that went away.
+    """
+    source = scheduler_file or address
+    if previous:
+        logger.warning(
+            "Scheduler %s went away; waiting for it at %s%s", previous, source,
+            "" if timeout is None else f" for up to {timeout:g} s",
+        )
+    else:
+        logger.info("Waiting for a scheduler at %s", source)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        current = read_scheduler_file(scheduler_file) if scheduler_file else address
+        if current and scheduler_answers(current):
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            what = (
+                f"scheduler file {scheduler_file} did not name a live scheduler"
+                if scheduler_file else f"no scheduler answered at {address}"
+            )
+            raise RankTimeoutError(
+                f"Timed out after {timeout:g} s: {what}. Start the scheduler "
+                "first, check the address, or raise the timeout.", None,
+                timeout or 0.0,
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
+
+
+def writable_directory(path: str) -> str | None:
+    """Return a problem with using ``path`` as a directory to write in."""
+    if not os.path.isdir(path):
+        return "the directory does not exist"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "the directory is not writable"
+    return None
