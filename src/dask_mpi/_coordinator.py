@@ -27,7 +27,7 @@ from typing import Any
 from . import _scheduler, _worker
 from ._launch import EXIT_FAILURE, Job, names_on, signal_text
 from ._layout import Role
-from ._world import TAG_CONTROL, TAG_READY
+from ._world import TAG_CONTROL, TAG_INTERRUPT, TAG_READY
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ async def close_cluster(
 ) -> None:
     """Close the workers, then the scheduler, then release the client ranks."""
     timeout = job.options.shutdown_timeout
+    await _interrupt_client(job, code, reason, decider)
     deadline = time.monotonic() + timeout
     others = [r for r in range(job.world.size) if r != job.rank]
     followers = [r for r in others if _serves(job, r)]
@@ -156,6 +157,26 @@ async def close_cluster(
     requests = [job.world.post(message, r) for r in clients]
     await _wait_sent(requests, 1.0)
     logger.info("Cluster closed: %s; exit code %d", reason, code)
+
+
+async def _interrupt_client(job: Job, code: int, reason: str, decider: int) -> None:
+    """End the client script first when the job fails or gets a signal.
+
+    The client then closes its Client objects while the scheduler is still
+    up, and its rank exits with the job's code. A job ended by the client,
+    or by a shutdown request (code 0), leaves the client script running.
+    """
+    client = job.layout.client_rank
+    if client is None or decider == client or code == 0:
+        return
+    job.world.post(("interrupt", code, reason), client, TAG_INTERRUPT)
+    deadline = time.monotonic() + job.options.shutdown_timeout / 2
+    while time.monotonic() < deadline:
+        found = job.world.poll(client, TAG_CONTROL)
+        if found is not None and found[1][0] == "stop":
+            return
+        await asyncio.sleep(0.005)
+    logger.warning("The client on %s did not end in time", job.where(client))
 
 
 def _serves(job: Job, rank: int) -> bool:

@@ -357,12 +357,15 @@ async def _start_workers(job: Job, workers: list[Any]) -> str | None:
             options, name, nthreads, memory, directory, job.host, job.security
         )
         try:
-            workers.append(await _worker.start_worker(job.address, options, **kwargs))
+            with _worker.quiet_failed_start():
+                worker = await _worker.start_worker(job.address, options, **kwargs)
         except Exception as error:
+            cause = _worker.root_cause(error)
             return (
                 f"Worker {name} ({options.worker_class}) on {job.where(job.rank)} "
-                f"failed to start: {type(error).__name__}: {error}"
+                f"failed to start: {type(cause).__name__}: {cause}"
             )
+        workers.append(worker)
     return None
 
 

@@ -51,6 +51,35 @@ async def start_worker(address: str, options: Options, **kwargs: Any) -> Any:
     return worker
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """Return the innermost cause of ``error``; distributed wraps start errors."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+class _DropCloseEventError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Failed to log closing event"
+
+
+@contextlib.contextmanager
+def quiet_failed_start() -> Iterator[None]:
+    """Drop distributed's follow-on error when a worker fails to start.
+
+    distributed 2026.8 logs "Failed to log closing event" with a traceback
+    while it closes a worker that never started; the rank reports the real
+    cause itself.
+    """
+    dropper = _DropCloseEventError()
+    worker_logger = logging.getLogger("distributed.worker")
+    worker_logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        worker_logger.removeFilter(dropper)
+
+
 async def close_worker(worker: Any, timeout: float, reason: str) -> None:
     """Close ``worker`` within ``timeout`` seconds; closing twice is harmless."""
     with contextlib.suppress(Exception):

@@ -20,6 +20,7 @@ from .exceptions import MPIMismatchError, RankTimeoutError
 TAG_CONTROL = 17
 TAG_DATA = 18
 TAG_READY = 19
+TAG_INTERRUPT = 20
 
 # Sleeps between polls grow from the first to the last value; the last one
 # bounds how late a rank notices a message while it idles.

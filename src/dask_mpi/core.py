@@ -7,11 +7,10 @@ how the job ends.
 from __future__ import annotations
 
 import atexit
-import signal
 import sys
 from typing import Any
 
-from . import _launch
+from . import _launch, _signals
 from ._client import ClientSession
 from ._layout import Role
 from ._options import Mode, Style
@@ -111,8 +110,9 @@ def initialize(
     _launch.receive_address(job)
     _session = ClientSession(job)
     _session.wait_until_ready()
-    _install_client_signals(job)
+    _signals.install(job.options.shutdown_signals)
     _note_uncaught_exceptions(_session)
+    _session.watch_for_interrupt()
     atexit.register(_end_at_exit)
     return True
 
@@ -154,27 +154,6 @@ def _quiet_on_other_ranks(error: BaseException, comm: Any) -> None:
             previous(kind, value, traceback)
 
     sys.excepthook = hook
-
-
-def _install_client_signals(job: Any) -> None:
-    """Make SIGTERM, SIGINT and the shutdown signals end the client script.
-
-    The script unwinds with ``SystemExit(128 + signal)``, so the cluster is
-    closed on the way out and the job exits with that code. Handlers the
-    user installed are left alone.
-    """
-    defaults = (signal.SIG_DFL, signal.default_int_handler)
-    numbers = [signal.SIGTERM, signal.SIGINT, *job.options.shutdown_signals]
-    for number in dict.fromkeys(numbers):
-        try:
-            if signal.getsignal(number) in defaults:
-                signal.signal(number, _raise_exit)
-        except (ValueError, OSError):  # not the main thread
-            return
-
-
-def _raise_exit(number: int, frame: Any) -> None:
-    raise SystemExit(128 + number)
 
 
 def _end_at_exit() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import _launch
+from . import _launch, _signals
 from ._client import ClientSession
 from ._layout import Role
 from ._options import Mode
@@ -101,6 +101,8 @@ def _run_client(
     session.background = background
     try:
         session.wait_until_ready()
+        _signals.install(job.options.shutdown_signals)
+        session.watch_for_interrupt()
         return function(*args, **kwargs) if function is not None else None
     except BaseException:
         session.failed = True

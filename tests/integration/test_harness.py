@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -56,6 +57,21 @@ def make_result(stdout: str = "", stderr: str = "") -> Result:
         pgid=0,
         tag="none",
     )
+
+
+def network_interfaces() -> list[str]:
+    # /proc/self/net follows the reader's network namespace. /sys/class/net
+    # does not, because it shows the namespace that mounted sysfs.
+    with open("/proc/self/net/dev") as dev:
+        lines = dev.read().splitlines()[2:]
+    return sorted(line.split(":")[0].strip() for line in lines)
+
+
+@pytest.mark.skipif(
+    os.environ.get("CI") != "true", reason="only .ci/run sets up the namespace"
+)
+def test_suite_runs_in_loopback_namespace():
+    assert network_interfaces() == ["lo"]
 
 
 @pytest.mark.mpi

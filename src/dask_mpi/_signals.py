@@ -1,0 +1,56 @@
+"""Signals on the client rank: end the script with the job's exit code.
+
+Serving ranks handle signals inside their event loop (see ``_launch``);
+the client rank runs the user's code on the main thread, so there a
+signal raises ``SystemExit(128 + signal)`` and the script unwinds.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+# The exit code an interrupt from the coordinator asks for; None for a
+# real signal.
+_pending_code: int | None = None
+
+
+def _raise_exit(number: int, frame: Any) -> None:
+    code = _pending_code if _pending_code is not None else 128 + number
+    raise SystemExit(code)
+
+
+def install(extra: Iterable[int]) -> list[int]:
+    """Make SIGTERM, SIGINT and ``extra`` raise SystemExit on the main thread.
+
+    Handlers the user installed are left alone. Returns the signals that
+    got the handler.
+    """
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    installed = []
+    for number in dict.fromkeys([signal.SIGTERM, signal.SIGINT, *extra]):
+        try:
+            if signal.getsignal(number) in defaults:
+                signal.signal(number, _raise_exit)
+                installed.append(number)
+        except (ValueError, OSError):  # not on the main thread
+            break
+    return installed
+
+
+def interrupt_main(code: int) -> None:
+    """Make the main thread raise ``SystemExit(code)`` as soon as it can.
+
+    A real SIGTERM aimed at the main thread also wakes it from a blocking
+    wait, which a simulated one would not.
+    """
+    global _pending_code
+    _pending_code = code
+    if signal.getsignal(signal.SIGTERM) is _raise_exit:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+    else:
+        import _thread
+
+        _thread.interrupt_main(signal.SIGTERM)

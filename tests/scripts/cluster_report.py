@@ -1,0 +1,47 @@
+"""Describe a running Dask cluster as one JSON line that tests parse.
+
+The scripts in this folder print ``REPORT <json>`` from the client rank, and
+the integration tests read that line from mpirun's standard output.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+REPORT_PREFIX = "REPORT "
+
+
+def describe_cluster(client: Any) -> dict[str, Any]:
+    """Return the scheduler's and workers' settings and the result of a task."""
+    info = client.scheduler_info()
+    worker_types = client.run(lambda dask_worker: type(dask_worker).__name__)
+    workers = []
+    for address, worker in info["workers"].items():
+        workers.append(
+            {
+                "name": worker["name"],
+                "nthreads": worker["nthreads"],
+                "memory_limit": worker["memory_limit"],
+                "local_directory": worker["local_directory"],
+                "resources": worker["resources"],
+                "nanny": worker["nanny"],
+                "type": worker_types[address],
+            }
+        )
+    workers.sort(key=lambda worker: str(worker["name"]))
+
+    # The squares of 0..9 add up to 285.
+    futures = client.map(lambda x: x * x, range(10))
+    total = client.submit(sum, futures).result()
+    return {
+        "scheduler_address": info["address"],
+        "services": info["services"],
+        "workers": workers,
+        "sum_of_squares": total,
+    }
+
+
+def print_report(client: Any) -> None:
+    """Print the cluster description as one ``REPORT`` line and flush it."""
+    print(REPORT_PREFIX + json.dumps(describe_cluster(client)), flush=True)
