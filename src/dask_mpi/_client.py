@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -11,6 +12,9 @@ from typing import Any
 import dask.config
 
 logger = logging.getLogger(__name__)
+
+# The scheduler-side handler of the client rank's lifeline connection.
+LIFELINE_OP = "dask_mpi_lifeline"
 
 
 def client_config(address: str, security: Any) -> dict[str, Any]:
@@ -76,36 +80,8 @@ class ClientSession:
         self.background: Any = None
         self.failed = False
         self._watching = threading.Event()
+        self._stop_sent = threading.Event()
         self._watcher: threading.Thread | None = None
-
-    def watch_for_interrupt(self) -> None:
-        """Start a thread that ends the client script when the job ends.
-
-        When the job ends for a reason other than the client (a signal on
-        another rank, a failed rank), the coordinator sends an interrupt.
-        The thread then raises ``SystemExit`` in the main thread through
-        the SIGTERM handler, so the script unwinds and closes its clients
-        while the scheduler is still up.
-        """
-        self._watching.set()
-        self._watcher = threading.Thread(
-            target=self._watch, name="dask-mpi-client-watch", daemon=True
-        )
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        from . import _signals
-        from ._world import TAG_INTERRUPT
-
-        job = self.job
-        while self._watching.is_set():
-            found = job.world.poll(job.layout.coordinator, TAG_INTERRUPT)
-            if found is not None:
-                _, code, reason = found[1]
-                logger.warning("Ending the client script: %s", reason)
-                _signals.interrupt_main(code)
-                return
-            time.sleep(0.02)
 
     def wait_until_ready(self) -> None:
         """Return once the scheduler rank reports that the workers joined.
@@ -139,20 +115,82 @@ class ClientSession:
                 ", ".join(map(str, message[1])),
             )
 
+    def watch_for_interrupt(self) -> None:
+        """Start a thread that ends the client script when the job ends.
+
+        When the job ends for a reason other than the client (a signal on
+        another rank, a failed rank), the coordinator sends an interrupt.
+        The thread then raises ``SystemExit`` in the main thread through
+        the SIGTERM handler, so the script unwinds and closes its clients
+        while the scheduler is still up.
+        """
+        self._watching.set()
+        self._watcher = threading.Thread(
+            target=self._watch, name="dask-mpi-client-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        asyncio.run(self._watch_async())
+
+    async def _watch_async(self) -> None:
+        from . import _signals
+        from ._world import TAG_INTERRUPT
+
+        job = self.job
+        lifeline = await self._open_lifeline()
+        try:
+            while self._watching.is_set():
+                found = job.world.poll(job.layout.coordinator, TAG_INTERRUPT)
+                if found is not None:
+                    _, code, reason = found[1]
+                    logger.warning("Ending the client script: %s", reason)
+                    _signals.interrupt_main(code)
+                    break
+                await asyncio.sleep(0.02)
+            while not self._stop_sent.is_set():
+                await asyncio.sleep(0.01)
+        finally:
+            if lifeline is not None:
+                with contextlib.suppress(Exception):
+                    await lifeline.close()
+
+    async def _open_lifeline(self) -> Any:
+        """Open a connection whose loss tells the scheduler rank we died.
+
+        The operating system closes it when this process dies, however it
+        dies, so the scheduler rank notices a killed client at once even
+        where the launcher leaves the other ranks running.
+        """
+        from distributed.comm import connect
+
+        job = self.job
+        if job.layout.scheduler_rank is None:
+            return None
+        args = job.security.get_connection_args("client") if job.security else {}
+        try:
+            comm = await connect(job.address, timeout=10, **args)
+            await comm.write({"op": LIFELINE_OP, "rank": job.rank, "reply": False})
+        except Exception as error:
+            logger.debug("No lifeline to the scheduler: %s", error)
+            return None
+        return comm
+
     def end(self, reason: str) -> None:
         """End the cluster and wait until it is closed; safe to call twice."""
         if self.ended:
             return
         self.ended = True
         self._watching.clear()
-        if self._watcher is not None and self._watcher is not threading.current_thread():
-            self._watcher.join(1.0)
         job = self.job
         close_open_clients(timeout=2)
         if job.layout.scheduler_rank is None:
             self._close_workers(reason)
         else:
             self._ask_coordinator(reason)
+        self._stop_sent.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(1.0)
         if self.background is not None:
             self.background.join(job.options.shutdown_timeout + 5)
         self.config.restore()
@@ -169,6 +207,7 @@ class ClientSession:
                 ("stop", code, reason, job.rank), coordinator, TAG_CONTROL,
                 job.options.shutdown_timeout,
             )
+            self._stop_sent.set()
             if not own:
                 job.world.recv(
                     coordinator, TAG_CONTROL, job.options.shutdown_timeout + 5,

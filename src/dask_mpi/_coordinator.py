@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from . import _scheduler, _worker
+from ._client import LIFELINE_OP
 from ._launch import EXIT_FAILURE, Job, names_on, signal_text
 from ._layout import Role
 from ._world import TAG_CONTROL, TAG_INTERRUPT, TAG_READY
@@ -66,6 +67,25 @@ def _intercept_terminate(scheduler: Any) -> asyncio.Event:
     return requested
 
 
+class _Lifeline:
+    """Notices when the client rank's lifeline connection drops."""
+
+    # Seconds a dropped lifeline may precede the client's stop message.
+    GRACE = 2.0
+
+    def __init__(self, scheduler: Any):
+        self.lost_at: float | None = None
+        scheduler.handlers[LIFELINE_OP] = self.hold
+
+    async def hold(self, comm: Any, rank: int | None = None) -> None:
+        with contextlib.suppress(Exception):
+            await comm.read()
+        self.lost_at = time.monotonic()
+
+    def client_died(self) -> bool:
+        return self.lost_at is not None and time.monotonic() - self.lost_at > self.GRACE
+
+
 async def _announce_ready(job: Job, scheduler: Any) -> list[int]:
     """Wait for the workers, then tell the client rank the cluster is ready."""
     names = _scheduler.expected_names(
@@ -81,6 +101,7 @@ async def _announce_ready(job: Job, scheduler: Any) -> list[int]:
 
 async def _wait_for_end(
     job: Job, scheduler: Any, terminate: asyncio.Event, ready: asyncio.Task,
+    lifeline: _Lifeline,
 ) -> tuple[int, str, int]:
     """Return (code, reason, decider) of the first event that ends the job."""
     while True:
@@ -97,6 +118,13 @@ async def _wait_for_end(
             return 128 + job.signal_received, f"signal {signal_text(job)}", job.rank
         if terminate.is_set():
             return 0, "a client asked the scheduler to shut down", job.rank
+        if lifeline.client_died():
+            where = job.where(job.layout.client_rank or 0)
+            return (
+                EXIT_FAILURE,
+                f"the client on {where} died without ending the job",
+                job.rank,
+            )
         if _finished(scheduler):
             return EXIT_FAILURE, "the scheduler closed on its own", job.rank
         if ready.done() and not ready.cancelled() and ready.exception() is None:
@@ -112,24 +140,34 @@ async def _wait_for_end(
 async def coordinate(job: Job, scheduler: Any, workers: list[Any]) -> int:
     """Serve as the coordinator until the job ends; return this rank's code."""
     terminate = _intercept_terminate(scheduler)
+    lifeline = _Lifeline(scheduler)
     ready = asyncio.create_task(_announce_ready(job, scheduler))
     try:
-        code, reason, decider = await _wait_for_end(job, scheduler, terminate, ready)
+        code, reason, decider = await _wait_for_end(
+            job, scheduler, terminate, ready, lifeline
+        )
     finally:
         ready.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await ready
-    await close_cluster(job, scheduler, workers, code, reason, decider)
+    client_dead = lifeline.client_died()
+    await close_cluster(
+        job, scheduler, workers, code, reason, decider, interrupt=not client_dead
+    )
+    if client_dead:
+        # MPI_Finalize would wait for the dead rank for ever.
+        job.world.abort(code)
     return code if decider == job.rank else 0
 
 
 async def close_cluster(
     job: Job, scheduler: Any, workers: list[Any], code: int, reason: str,
-    decider: int,
+    decider: int, interrupt: bool = True,
 ) -> None:
     """Close the workers, then the scheduler, then release the client ranks."""
     timeout = job.options.shutdown_timeout
-    await _interrupt_client(job, code, reason, decider)
+    if interrupt:
+        await _interrupt_client(job, code, reason, decider)
     deadline = time.monotonic() + timeout
     others = [r for r in range(job.world.size) if r != job.rank]
     followers = [r for r in others if _serves(job, r)]

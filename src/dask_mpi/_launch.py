@@ -454,8 +454,8 @@ def signal_text(job: Job) -> str:
 
 def usage_exit_code(error: BaseException) -> int:
     """Return the CLI exit code for ``error``."""
-    from .exceptions import WorldTooSmallException
+    from .exceptions import MPIMismatchError, WorldTooSmallException
 
-    if isinstance(error, (UsageError, WorldTooSmallException)):
+    if isinstance(error, (UsageError, WorldTooSmallException, MPIMismatchError)):
         return EXIT_USAGE
     return EXIT_FAILURE

@@ -157,7 +157,7 @@ def _check_timeout(key: str, value: Any, style: Style) -> float | None:
         return None
     try:
         seconds = parse_timedelta(value, default="seconds")
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, IndexError):
         seconds = None
     if seconds is None or seconds <= 0:
         raise UsageError(
@@ -218,25 +218,24 @@ def _check_mapping(key: str, value: Any, style: Style) -> dict[str, Any]:
 
 
 def _check_memory(key: str, value: Any, style: Style) -> str | int | float | None:
+    import math
+
     from dask.utils import parse_bytes
 
     if value is None or value == 0 or value == "0":
         return None
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
+    number: float | None
     try:
         number = float(value)
     except (TypeError, ValueError):
-        number = None
-    if number is None:
         try:
-            return int(parse_bytes(value))
+            number = float(parse_bytes(value)) if str(value).strip() else None
         except (TypeError, ValueError):
-            pass
-    elif 0 < number <= 1:
-        return number
-    elif number > 1:
-        return int(number)
+            number = None
+    if number is not None and math.isfinite(number) and number > 0:
+        return number if number <= 1 else int(number)
     raise UsageError(
         option_name(key, style), value, "not a memory size",
         "Give 'auto', a byte count such as 4GB or 4000000000, a fraction of "
@@ -262,19 +261,23 @@ def _check_signals(key: str, value: Any, style: Style) -> tuple[int, ...]:
 
     if value is None:
         return ()
-    names = value.replace(",", " ").split() if isinstance(value, str) else value
+    if isinstance(value, (int, str)):
+        value = str(value).replace(",", " ").split()
     numbers = []
-    for name in names:
-        text = str(name).upper()
-        text = text if text.startswith("SIG") or text.isdigit() else "SIG" + text
+    for name in value:
+        text = str(name).strip().upper()
+        if not text.isdigit() and not text.startswith("SIG"):
+            text = "SIG" + text
         try:
-            number = int(text) if text.isdigit() else int(getattr(signal, text))
-        except (AttributeError, ValueError):
+            number = signal.Signals(int(text) if text.isdigit() else signal.Signals[text])
+        except (KeyError, ValueError):
+            number = None
+        if number is None or number in (signal.SIGKILL, signal.SIGSTOP):
             raise UsageError(
-                option_name(key, style), value, f"unknown signal {name!r}",
+                option_name(key, style), value, f"not a signal to catch: {name!r}",
                 "Give signal names such as SIGUSR1 or USR1.",
-            ) from None
-        numbers.append(number)
+            )
+        numbers.append(int(number))
     return tuple(numbers)
 
 
@@ -315,7 +318,7 @@ _CHECKS: dict[str, Callable[[str, Any, Style], Any]] = {
     "log-level": _check_log_level,
 }
 
-# Every config key under "mpi", in the order of mpi.yaml.
+# Every config key under "mpi".
 KEYS: tuple[str, ...] = tuple(_CHECKS) + tuple(sorted(_SPECIAL))
 
 
@@ -391,6 +394,12 @@ def resolve(
     nanny
         The deprecated nanny switch, None when not given.
     """
+    unknown = set(given) - api_names()
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; the options are "
+            f"{', '.join(sorted(api_names()))}"
+        )
     values: dict[str, Any] = {}
     for key, check in _CHECKS.items():
         name = key.replace("-", "_")
@@ -399,7 +408,9 @@ def resolve(
             value = config_value(key)
         values[name] = check(key, value, style)
 
-    worker_class = given.get("worker_class") or config_value("worker-class")
+    worker_class = given.get("worker_class")
+    if worker_class is None and nanny is None:
+        worker_class = config_value("worker-class")
     values["worker_class"], values["use_nanny"] = _check_worker_class(
         worker_class, nanny, mode, style
     )

@@ -109,11 +109,11 @@ def initialize(
 
     _launch.receive_address(job)
     _session = ClientSession(job)
+    atexit.register(_end_at_exit)
+    _note_uncaught_exceptions(_session)
     _session.wait_until_ready()
     _signals.install(job.options.shutdown_signals)
-    _note_uncaught_exceptions(_session)
     _session.watch_for_interrupt()
-    atexit.register(_end_at_exit)
     return True
 
 

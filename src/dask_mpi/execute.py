@@ -73,8 +73,10 @@ def execute(
         dashboard=dashboard, dashboard_address=dashboard_address,
         protocol=protocol, exclusive_workers=exclusive_workers,
         worker_class=worker_class, worker_options=worker_options,
-        name=worker_name, security=security, **options,
+        security=security, **options,
     )
+    if worker_name is not None:
+        given["name"] = worker_name
     job = start(Mode.EXECUTE, given, nanny, comm)
     if Role.CLIENT not in job.role:
         _launch.run_serving(job)

@@ -45,3 +45,23 @@ def describe_cluster(client: Any) -> dict[str, Any]:
 def print_report(client: Any) -> None:
     """Print the cluster description as one ``REPORT`` line and flush it."""
     print(REPORT_PREFIX + json.dumps(describe_cluster(client)), flush=True)
+
+
+def parse_report(stdout: str) -> dict[str, Any]:
+    """Return the one ``REPORT`` line in ``stdout``, decoded.
+
+    Raises AssertionError, quoting the output, unless exactly one such line
+    is found.
+    """
+    lines = [
+        line[len(REPORT_PREFIX) :]
+        for line in stdout.splitlines()
+        if line.startswith(REPORT_PREFIX)
+    ]
+    assert len(lines) == 1, f"expected one {REPORT_PREFIX!r} line in:\n{stdout}"
+    return json.loads(lines[0])
+
+
+def worker_names(report: dict[str, Any]) -> list[str]:
+    """Return the sorted worker names of a decoded report."""
+    return [worker["name"] for worker in report["workers"]]

@@ -1,6 +1,6 @@
 """Role assignment by ``plan(size, mode, options, style)``, without MPI.
 
-The minimum sizes follow this table of the behaviour contract:
+plan() enforces these minimum world sizes:
 
 | mode                                  | minimum size                          |
 |---------------------------------------|---------------------------------------|
@@ -34,7 +34,10 @@ W = Role.WORKER
 
 
 def make_options(**changes: object) -> Options:
-    """Return default Options with ``changes``; plan() trusts resolve() checked them."""
+    """Return default Options with ``changes`` applied.
+
+    plan() does not check option values, because resolve() already did.
+    """
     return dataclasses.replace(Options(), **changes)
 
 
@@ -222,7 +225,11 @@ def test_minimum_size_table(mode, changes, needed):
     [pytest.param(*case[1:], id=case[0]) for case in MINIMUM_SIZES if case[3] > 1],
 )
 def test_one_rank_less_than_minimum_fails(mode, changes, needed):
-    """One rank short raises WorldTooSmallException, or UsageError for a lost rank."""
+    """One rank short raises WorldTooSmallException.
+
+    Where the scheduler or client rank is then outside the world, the error
+    is a UsageError naming that rank instead.
+    """
     options = make_options(**changes)
     size = needed - 1
 
