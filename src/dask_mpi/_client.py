@@ -64,6 +64,36 @@ def close_open_clients(timeout: float) -> None:
             client.close(timeout=timeout)
 
 
+def start_client(job: Any) -> ClientSession:
+    """Start the client side of an execute() or MPIRunner job on this rank.
+
+    A rank that also runs the scheduler or workers serves them on a thread,
+    so that the client code keeps the main thread and its signals.
+    """
+    from . import _launch
+
+    background = None
+    if job.serves:
+        background = _launch.Background(job)
+        background.thread.start()
+        _launch.wait_for_address(job, background)
+    elif job.options.scheduler:
+        _launch.receive_address(job)
+    else:
+        _launch.run_coroutine(_launch.outside_scheduler(job))
+
+    session = ClientSession(job)
+    session.background = background
+    try:
+        session.wait_until_ready()
+    except BaseException:
+        session.finish("the client failed to start")
+        raise
+    session.take_signals()
+    session.watch_for_interrupt()
+    return session
+
+
 class ClientSession:
     """The client rank's part of a batch job: start-up wait and the end.
 
@@ -114,6 +144,22 @@ class ClientSession:
                 "Starting without the workers of rank(s) %s",
                 ", ".join(map(str, message[1])),
             )
+
+    def take_signals(self) -> None:
+        """Make signals end the client code; :meth:`finish` puts them back."""
+        from . import _signals
+
+        self._signals = _signals.install(self.job.options.shutdown_signals)
+
+    def finish(self, reason: str) -> None:
+        """End the cluster, restore signal handlers and free the communicator."""
+        from . import _signals
+
+        try:
+            self.end(reason)
+        finally:
+            _signals.restore(getattr(self, "_signals", {}))
+            self.job.world.close()
 
     def watch_for_interrupt(self) -> None:
         """Start a thread that ends the client script when the job ends.
@@ -229,3 +275,29 @@ class ClientSession:
             _, answer = job.world.recv(None, TAG_CONTROL, deadline, "close")
             if answer[0] == "closed":
                 waiting.discard(answer[1])
+
+
+def connect(scheduler_file: str, **kwargs: Any) -> Any:
+    """Return a ``distributed.Client`` for the cluster in ``scheduler_file``.
+
+    Works with and without ``dask-mpi --tls``: with TLS the file carries
+    the client's credentials, which this passes to the Client. Other keyword
+    arguments go to ``Client`` as given.
+    """
+    import os
+
+    from distributed import Client
+
+    from . import _security, _worker
+
+    path = os.path.expanduser(scheduler_file)
+    info = _worker.read_scheduler_info(path)
+    if not info.get("address"):
+        raise FileNotFoundError(
+            f"No scheduler address in {path}: start the cluster with "
+            f"`dask-mpi --scheduler-file {scheduler_file}` first."
+        )
+    security = _security.from_scheduler_file(info)
+    if security is not None:
+        kwargs.setdefault("security", security)
+    return Client(info["address"], **kwargs)

@@ -22,22 +22,35 @@ def _raise_exit(number: int, frame: Any) -> None:
     raise SystemExit(code)
 
 
-def install(extra: Iterable[int]) -> list[int]:
+def install(extra: Iterable[int]) -> dict[int, Any]:
     """Make SIGTERM, SIGINT and ``extra`` raise SystemExit on the main thread.
 
-    Handlers the user installed are left alone. Returns the signals that
-    got the handler.
+    Handlers the user installed are left alone. Returns the replaced
+    handlers, for :func:`restore`.
     """
     defaults = (signal.SIG_DFL, signal.default_int_handler)
-    installed = []
+    replaced = {}
     for number in dict.fromkeys([signal.SIGTERM, signal.SIGINT, *extra]):
         try:
-            if signal.getsignal(number) in defaults:
+            previous = signal.getsignal(number)
+            if previous in defaults:
                 signal.signal(number, _raise_exit)
-                installed.append(number)
+                replaced[number] = previous
         except (ValueError, OSError):  # not on the main thread
             break
-    return installed
+    return replaced
+
+
+def restore(replaced: dict[int, Any]) -> None:
+    """Put back the handlers that :func:`install` replaced."""
+    global _pending_code
+    for number, handler in replaced.items():
+        try:
+            if signal.getsignal(number) is _raise_exit:
+                signal.signal(number, handler)
+        except (ValueError, OSError):
+            return
+    _pending_code = None
 
 
 def interrupt_main(code: int) -> None:

@@ -10,7 +10,7 @@ import atexit
 import sys
 from typing import Any
 
-from . import _launch, _signals
+from . import _launch
 from ._client import ClientSession
 from ._layout import Role
 from ._options import Mode, Style
@@ -112,7 +112,7 @@ def initialize(
     atexit.register(_end_at_exit)
     _note_uncaught_exceptions(_session)
     _session.wait_until_ready()
-    _signals.install(job.options.shutdown_signals)
+    _session.take_signals()
     _session.watch_for_interrupt()
     return True
 

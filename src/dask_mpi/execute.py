@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import _launch, _signals
-from ._client import ClientSession
+from . import _launch
+from ._client import start_client
 from ._layout import Role
 from ._options import Mode
 from .core import start
@@ -89,26 +89,11 @@ def _run_client(
     job: Any, function: Callable[..., Any] | None, args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    background = None
-    if job.serves:
-        background = _launch.Background(job)
-        background.thread.start()
-        _launch.wait_for_address(job, background)
-    elif job.options.scheduler:
-        _launch.receive_address(job)
-    else:
-        _launch.run_coroutine(_launch.outside_scheduler(job))
-
-    session = ClientSession(job)
-    session.background = background
+    session = start_client(job)
     try:
-        session.wait_until_ready()
-        _signals.install(job.options.shutdown_signals)
-        session.watch_for_interrupt()
         return function(*args, **kwargs) if function is not None else None
     except BaseException:
         session.failed = True
         raise
     finally:
-        session.end("the client function ended")
-        job.world.close()
+        session.finish("the client function ended")
