@@ -105,8 +105,7 @@ def prepare(
     for the others forever.
     """
     options = resolve(mode, style, given, nanny)
-    world = World.of(comm)
-    check_launcher(world.size)
+    world = open_world(options, style, comm)
     layout = plan(world.size, mode, options, style)
     _logs.configure(world.rank, options.log_level)
     job = Job(mode, style, options, world, layout)
@@ -127,6 +126,49 @@ def prepare(
     )
     job.host = _listen_host(job)
     return job
+
+
+def open_world(options: Options, style: Style, comm: Any) -> Any:
+    """Return the channel the ranks talk over: MPI, or files without mpi4py."""
+    from ._options import option_name
+
+    messaging = options.messaging
+    if messaging == "auto":
+        try:
+            world = World.of(comm)
+        except (ImportError, RuntimeError) as error:
+            logger.info("mpi4py is not usable (%s); ranks talk through files", error)
+            messaging = "files"
+        else:
+            check_launcher(world.size)
+            return world
+    elif messaging == "mpi":
+        world = World.of(comm)
+        check_launcher(world.size)
+        return world
+
+    from ._envworld import FileWorld
+
+    if not options.scheduler_file:
+        raise UsageError(
+            option_name("messaging", style), messaging,
+            "launching without mpi4py needs a scheduler file",
+            f"Give {option_name('scheduler-file', style)} PATH on a filesystem "
+            "that every rank can read.",
+        )
+    return FileWorld.for_job(options.scheduler_file)
+
+
+def this_rank(comm: Any = None) -> int:
+    """Return this process's rank, also before the job's channel is open."""
+    import sys
+
+    if "mpi4py.MPI" in sys.modules or comm is not None:
+        return World.of(comm).rank
+    from ._envworld import rank_and_size
+
+    found = rank_and_size()
+    return found[0] if found else 0
 
 
 def _local_problem(job: Job) -> tuple[str, Any, str, str] | None:
@@ -328,7 +370,7 @@ async def _start_scheduler(job: Job) -> Any:
 async def _async_share(job: Job, scheduler: Any) -> None:
     payload = ("address", scheduler.address, job.security)
     requests = [
-        job.world.private.isend(payload, dest=r, tag=TAG_DATA)
+        job.world.post(payload, r, TAG_DATA)
         for r in range(job.world.size) if r != job.rank
     ]
     deadline = time.monotonic() + job.options.startup_timeout

@@ -96,6 +96,7 @@ class Options:
     rejoin_timeout: float | None = None
     shutdown_signals: tuple[int, ...] = ()
     log_level: str = "warning"
+    messaging: str = "auto"
     use_nanny: bool = False
 
     @property
@@ -292,6 +293,18 @@ def _check_log_level(key: str, value: Any, style: Style) -> str:
     return text
 
 
+def _check_messaging(key: str, value: Any, style: Style) -> str:
+    choices = ("auto", "mpi", "files")
+    text = str(value).lower()
+    if text not in choices:
+        raise UsageError(
+            option_name(key, style), value, "unknown messaging",
+            "Give mpi, files (launch without mpi4py, through the scheduler "
+            "file's directory) or auto.",
+        )
+    return text
+
+
 _CHECKS: dict[str, Callable[[str, Any, Style], Any]] = {
     "scheduler-address": _check_text,
     "scheduler-file": _check_path,
@@ -316,6 +329,7 @@ _CHECKS: dict[str, Callable[[str, Any, Style], Any]] = {
     "rejoin-timeout": _check_timeout,
     "shutdown-signals": _check_signals,
     "log-level": _check_log_level,
+    "messaging": _check_messaging,
 }
 
 # Every config key under "mpi".

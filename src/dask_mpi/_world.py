@@ -77,7 +77,118 @@ def _deadline(timeout: float | None) -> float:
     return float("inf") if timeout is None else time.monotonic() + timeout
 
 
-class World:
+class Channel:
+    """Messaging between the ranks of one job, with deadlines on every wait.
+
+    Subclasses provide :meth:`post` (start a send, return an object with a
+    ``test()`` method) and :meth:`poll` (return a pending message or None);
+    everything else is built on those two.
+    """
+
+    rank: int
+    size: int
+
+    # Sleeps between polls grow from the first to the last value; the last
+    # one bounds how late a rank notices a message while it idles.
+    poll_first = _POLL_FIRST
+    poll_max = _POLL_MAX
+
+    def post(self, obj: Any, dest: int, tag: int = TAG_CONTROL) -> Any:
+        raise NotImplementedError
+
+    def poll(self, source: int | None = None, tag: int = TAG_CONTROL) -> Any:
+        raise NotImplementedError
+
+    def open(self, timeout: float) -> None:
+        """Prepare the channel; a collective step on every rank."""
+
+    def close(self) -> None:
+        """Release what :meth:`open` created."""
+
+    def abort(self, code: int) -> None:
+        raise NotImplementedError
+
+    def _wait(
+        self, ready: Callable[[], Any], timeout: float | None, rank: int | None,
+        what: str,
+    ) -> Any:
+        deadline, pause = _deadline(timeout), self.poll_first
+        while True:
+            result = ready()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                who = "any rank" if rank is None else f"rank {rank}"
+                raise RankTimeoutError(
+                    f"Timed out after {timeout:g} s waiting for {who} to {what}.",
+                    rank, timeout or 0.0,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, self.poll_max)
+
+    def send(self, obj: Any, dest: int, tag: int = TAG_DATA,
+             timeout: float | None = None) -> None:
+        """Send ``obj`` to ``dest``, waiting until the send buffer is free."""
+        request = self.post(obj, dest, tag)
+        self._wait(lambda: request.test()[0], timeout, dest, "receive a message")
+
+    def recv(self, source: int | None = None, tag: int = TAG_DATA,
+             timeout: float | None = None, what: str = "send a message") -> Any:
+        """Wait for a message and return ``(source, obj)``."""
+        return self._wait(lambda: self.poll(source, tag), timeout, source, what)
+
+    async def arecv(self, source: int | None = None, tag: int = TAG_CONTROL,
+                    timeout: float | None = None) -> Any:
+        """Wait for a message without blocking the event loop."""
+        deadline, pause = _deadline(timeout), self.poll_first
+        while True:
+            found = self.poll(source, tag)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise RankTimeoutError(
+                    f"Timed out after {timeout:g} s waiting for a message.",
+                    source, timeout or 0.0,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.poll_max)
+
+    def allgather(self, obj: Any, timeout: float, what: str) -> list[Any]:
+        """Collect one object from every rank on every rank."""
+        if self.rank != 0:
+            self.send(obj, 0, TAG_DATA, timeout)
+            return self.recv(0, TAG_DATA, timeout, what)[1]
+        items: list[Any] = [None] * self.size
+        items[0] = obj
+        missing = set(range(1, self.size))
+        deadline = _deadline(timeout)
+        while missing:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            try:
+                source, item = self.recv(None, TAG_DATA, remaining, what)
+            except RankTimeoutError:
+                raise RankTimeoutError(
+                    f"Timed out after {timeout:g} s: rank(s) "
+                    f"{', '.join(map(str, sorted(missing)))} did not {what}.",
+                    min(missing), timeout,
+                ) from None
+            items[source] = item
+            missing.discard(source)
+        self.scatter_same(items, timeout)
+        return items
+
+    def scatter_same(self, obj: Any, timeout: float) -> None:
+        """Send ``obj`` from this rank to every other rank."""
+        requests = [
+            self.post(obj, r, TAG_DATA) for r in range(self.size) if r != self.rank
+        ]
+        self._wait(
+            lambda: all(r.test()[0] for r in requests), timeout, None,
+            "receive a message",
+        )
+
+
+class World(Channel):
     """Point-to-point messaging on a private duplicate of a communicator.
 
     Parameters
@@ -111,30 +222,6 @@ class World:
             self.private.Free()
             self.private = None
 
-    def _wait(
-        self, ready: Callable[[], Any], timeout: float | None, rank: int | None,
-        what: str,
-    ) -> Any:
-        deadline, pause = _deadline(timeout), _POLL_FIRST
-        while True:
-            result = ready()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                who = "any rank" if rank is None else f"rank {rank}"
-                raise RankTimeoutError(
-                    f"Timed out after {timeout:g} s waiting for {who} to {what}.",
-                    rank, timeout or 0.0,
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, _POLL_MAX)
-
-    def send(self, obj: Any, dest: int, tag: int = TAG_DATA,
-             timeout: float | None = None) -> None:
-        """Send ``obj`` to ``dest``, waiting until the send buffer is free."""
-        request = self.private.isend(obj, dest=dest, tag=tag)
-        self._wait(lambda: request.test()[0], timeout, dest, "receive a message")
-
     def post(self, obj: Any, dest: int, tag: int = TAG_CONTROL) -> Any:
         """Start sending ``obj`` to ``dest`` and return the request."""
         return self.private.isend(obj, dest=dest, tag=tag)
@@ -150,62 +237,6 @@ class World:
         if message is None:
             return None
         return status.Get_source(), message.recv()
-
-    def recv(self, source: int | None = None, tag: int = TAG_DATA,
-             timeout: float | None = None, what: str = "send a message") -> Any:
-        """Wait for a message and return ``(source, obj)``."""
-        return self._wait(lambda: self.poll(source, tag), timeout, source, what)
-
-    async def arecv(self, source: int | None = None, tag: int = TAG_CONTROL,
-                    timeout: float | None = None) -> Any:
-        """Wait for a message without blocking the event loop."""
-        deadline, pause = _deadline(timeout), _POLL_FIRST
-        while True:
-            found = self.poll(source, tag)
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                raise RankTimeoutError(
-                    f"Timed out after {timeout:g} s waiting for a message.",
-                    source, timeout or 0.0,
-                )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _POLL_MAX)
-
-    def allgather(self, obj: Any, timeout: float, what: str) -> list[Any]:
-        """Collect one object from every rank on every rank."""
-        if self.rank != 0:
-            self.send(obj, 0, TAG_DATA, timeout)
-            return self.recv(0, TAG_DATA, timeout, what)[1]
-        items: list[Any] = [None] * self.size
-        items[0] = obj
-        missing = set(range(1, self.size))
-        deadline = _deadline(timeout)
-        while missing:
-            remaining = max(deadline - time.monotonic(), 0.0)
-            try:
-                source, item = self.recv(None, TAG_DATA, remaining, what)
-            except RankTimeoutError:
-                raise RankTimeoutError(
-                    f"Timed out after {timeout:g} s: rank(s) "
-                    f"{', '.join(map(str, sorted(missing)))} did not {what}.",
-                    min(missing), timeout,
-                ) from None
-            items[source] = item
-            missing.discard(source)
-        self.scatter_same(items, timeout)
-        return items
-
-    def scatter_same(self, obj: Any, timeout: float) -> None:
-        """Send ``obj`` from this rank to every other rank."""
-        requests = [
-            self.private.isend(obj, dest=r, tag=TAG_DATA)
-            for r in range(self.size) if r != self.rank
-        ]
-        self._wait(
-            lambda: all(r.test()[0] for r in requests), timeout, None,
-            "receive a message",
-        )
 
     def abort(self, code: int) -> None:
         """End every rank of the job now with ``code``."""

@@ -79,6 +79,9 @@ def _shown(key: str, fallback: str | None = None) -> str | None:
               "cluster, e.g. USR1 for a Slurm --signal=USR1@60 warning.")
 @click.option("--log-level", type=str, show_default=_shown("log-level"),
               help="Level of distributed's own log lines.")
+@click.option("--messaging", type=str, show_default=_shown("messaging"),
+              help="How ranks talk: mpi, files (without mpi4py, through the "
+              "scheduler file's directory), or auto.")
 @click.version_option(package_name="dask-mpi")
 def main(nanny: bool | None, **given: Any) -> None:
     """Run a Dask cluster on the ranks of this MPI job.
@@ -107,9 +110,7 @@ def run(given: dict[str, Any], nanny: bool | None) -> int:
 
 def _report(error: DaskMPIError) -> int:
     """Print ``error`` from one rank and return this rank's exit code."""
-    from ._world import World
-
-    rank = World.of().rank
+    rank = _launch.this_rank()
     reporter = getattr(error, "reporter", 0)
     if rank != reporter:
         return 0

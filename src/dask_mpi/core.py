@@ -143,9 +143,7 @@ def _quiet_on_other_ranks(error: BaseException, comm: Any) -> None:
     Every rank raises the same error at the same time; one traceback on
     stderr is enough.
     """
-    from ._world import World
-
-    if World.of(comm).rank == 0:
+    if _launch.this_rank(comm) == 0:
         return
     previous = sys.excepthook
 

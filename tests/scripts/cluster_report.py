@@ -7,9 +7,28 @@ the integration tests read that line from mpirun's standard output.
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 REPORT_PREFIX = "REPORT "
+
+
+def dashboard_status(port: int | None) -> int | None:
+    """Return the HTTP status of the scheduler's ``/status`` page, or None.
+
+    distributed's scheduler serves HTTP (``/health``, ``/metrics``) even with
+    ``dashboard=False``, so the dashboard is off when ``/status`` is 404. The
+    tests run every rank on one host, so the page is fetched from loopback.
+    """
+    if port is None:
+        return None
+    url = f"http://127.0.0.1:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def describe_cluster(client: Any) -> dict[str, Any]:
@@ -37,6 +56,7 @@ def describe_cluster(client: Any) -> dict[str, Any]:
     return {
         "scheduler_address": info["address"],
         "services": info["services"],
+        "dashboard_status": dashboard_status(info["services"].get("dashboard")),
         "workers": workers,
         "sum_of_squares": total,
     }

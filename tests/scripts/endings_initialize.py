@@ -1,0 +1,23 @@
+"""End an ``initialize()`` job in the way named on the command line.
+
+Usage: ``mpirun -np N python endings_initialize.py ACTION [KWARGS_JSON]``.
+Every rank first prints ``PID <rank> <pid>``, so a test can signal one rank.
+The client rank then runs one task, prints ``client ready`` and ends the
+script by ACTION (see ``endings_actions.py``).
+"""
+
+import json
+import os
+import sys
+
+from mpi4py import MPI
+
+print(f"PID {MPI.COMM_WORLD.rank} {os.getpid()}", flush=True)
+
+from dask_mpi import initialize  # noqa: E402
+
+from endings_actions import run_action  # noqa: E402
+
+kwargs = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+initialize(**kwargs)
+run_action(sys.argv[1])
