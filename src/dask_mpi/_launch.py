@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _logs, _nodes, _scheduler, _security, _worker
+from . import _logs, _nodes, _scale, _scheduler, _security, _worker
 from ._layout import Layout, Role, plan
 from ._options import Mode, Options, Style, resolve
 from ._world import TAG_CONTROL, TAG_DATA, World, check_launcher
@@ -121,6 +121,8 @@ def prepare(
             option, value, text, fix = info.error
             raise UsageError(option, value, f"{text} on {job.where(info.rank)}", fix)
 
+    workers = len(layout.worker_ranks) * options.workers_per_rank
+    _scale.prepare_rank(workers, Role.SCHEDULER in job.role)
     job.loopback = mode.batch and not options.interface and (
         _nodes.single_host(job.infos)
     )

@@ -82,8 +82,15 @@ def quiet_failed_start() -> Iterator[None]:
 
 async def close_worker(worker: Any, timeout: float, reason: str) -> None:
     """Close ``worker`` within ``timeout`` seconds; closing twice is harmless."""
+    from distributed import Worker
+
+    kwargs: dict[str, Any] = {"reason": reason}
+    if isinstance(worker, Worker):
+        # Running tasks are abandoned: the job is ending, and a long task
+        # must not hold it.
+        kwargs["executor_wait"] = False
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(worker.close(reason=reason), timeout)
+        await asyncio.wait_for(worker.close(**kwargs), timeout)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,263 @@
+"""Run benchmark jobs as process groups with a timeout, and check the namespace.
+
+Every job starts in a new session, so the launcher leads its own process
+group. MPICH 5.0's Hydra gives every rank a session of its own, so each job
+also exports a unique ``DASK_MPI_BENCH_JOB`` variable and cleanup finds the
+ranks by that variable in ``/proc/PID/environ`` as well as by process group.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+JOB_TAG_VARIABLE = "DASK_MPI_BENCH_JOB"
+
+# Seconds between SIGTERM and SIGKILL when a job is killed.
+KILL_GRACE = 5.0
+# Seconds that ranks may take to exit after the launcher itself has exited.
+EXIT_GRACE = 5.0
+
+# Lines that jobs print: "BENCH-STAMP NAME UNIX_TIME" for a moment and
+# "BENCH-RESULT NAME SECONDS" for a duration measured inside the job.
+STAMP_LINE = re.compile(r"^BENCH-STAMP (\S+) ([0-9.]+)$", re.MULTILINE)
+RESULT_LINE = re.compile(r"^BENCH-RESULT (\S+) ([0-9.]+)$", re.MULTILINE)
+
+
+class JobFailed(RuntimeError):
+    """A benchmark job exited non-zero, timed out or printed no stamp."""
+
+
+@dataclass
+class JobResult:
+    """Outcome of one job, with ``time.time()`` stamps of launch and exit."""
+
+    command: list[str]
+    launched: float
+    exited: float
+    returncode: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    # Processes of the job still alive EXIT_GRACE seconds after the launcher
+    # exited; they were killed.
+    leftover_processes: int
+    observed: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def wall(self) -> float:
+        """Seconds from launch to launcher exit."""
+        return self.exited - self.launched
+
+    def stamps(self, name: str) -> list[float]:
+        """Return the times of every ``BENCH-STAMP name`` line, in print order."""
+        return [float(t) for n, t in STAMP_LINE.findall(self.stdout) if n == name]
+
+    def last_stamp(self, name: str) -> float:
+        """Return the latest ``name`` stamp of any rank, or raise JobFailed."""
+        found = self.stamps(name)
+        if not found:
+            raise JobFailed(f"no BENCH-STAMP {name} line\n{self.describe()}")
+        return max(found)
+
+    def result(self, name: str) -> float:
+        """Return the duration printed as ``BENCH-RESULT name``."""
+        for found, seconds in RESULT_LINE.findall(self.stdout):
+            if found == name:
+                return float(seconds)
+        raise JobFailed(f"no BENCH-RESULT {name} line\n{self.describe()}")
+
+    def describe(self, tail: int = 3000) -> str:
+        """Describe the command, exit status and the end of both streams."""
+        return (
+            f"command: {' '.join(self.command)}\n"
+            f"returncode: {self.returncode}, wall: {self.wall:.2f} s, "
+            f"timed out: {self.timed_out}\n"
+            f"----- stdout (last {tail} characters) -----\n{self.stdout[-tail:]}\n"
+            f"----- stderr (last {tail} characters) -----\n{self.stderr[-tail:]}"
+        )
+
+    def check(self) -> JobResult:
+        """Return self, or raise JobFailed if the job timed out or exited non-zero."""
+        if self.timed_out or self.returncode != 0:
+            raise JobFailed(self.describe())
+        return self
+
+
+def _tagged_processes(pgid: int, tag: str) -> list[int]:
+    """Find live processes in process group or session ``pgid`` or tagged ``tag``."""
+    entry = f"{JOB_TAG_VARIABLE}={tag}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        proc = Path("/proc", name)
+        try:
+            stat = (proc / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] == "Z":
+                continue
+            if pgid in (int(fields[2]), int(fields[3])):
+                found.append(int(name))
+                continue
+            if entry in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def _signal_job(pgid: int, tag: str, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    for pid in _tagged_processes(pgid, tag):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_until_gone(pgid: int, tag: str, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = _tagged_processes(pgid, tag)
+        if not remaining or time.monotonic() >= deadline:
+            return remaining
+        time.sleep(0.05)
+
+
+def run_job(
+    command: Sequence[str],
+    timeout: float,
+    env: Mapping[str, str],
+    observe: Callable[[Callable[[], bool]], dict[str, float]] | None = None,
+) -> JobResult:
+    """Run ``command`` to its end, killing its process group after ``timeout`` s.
+
+    A thread blocks in ``waitpid``, so the exit time is taken within
+    microseconds of the launcher's exit, not at a polling interval.
+    ``observe``, if given, runs in this thread while the job runs; it gets a
+    function that returns whether the launcher has exited, and returns
+    named ``time.time()`` stamps that land in ``JobResult.observed``.
+    """
+    tag = uuid.uuid4().hex
+    environment = dict(env)
+    environment[JOB_TAG_VARIABLE] = tag
+    exit_time: list[float] = []
+
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        launched = time.time()
+        popen = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=environment,
+            start_new_session=True,
+        )
+
+        def wait_for_exit() -> None:
+            popen.wait()
+            exit_time.append(time.time())
+
+        waiter = threading.Thread(target=wait_for_exit, daemon=True)
+        waiter.start()
+        observed: dict[str, float] = {}
+        timed_out = False
+        try:
+            if observe is not None:
+                observed = observe(lambda: bool(exit_time))
+        finally:
+            waiter.join(max(0.0, launched + timeout - time.time()))
+            if waiter.is_alive():
+                timed_out = True
+                _signal_job(popen.pid, tag, signal.SIGTERM)
+                if _wait_until_gone(popen.pid, tag, KILL_GRACE):
+                    _signal_job(popen.pid, tag, signal.SIGKILL)
+                waiter.join()
+
+        leftover = _wait_until_gone(popen.pid, tag, EXIT_GRACE)
+        if leftover:
+            _signal_job(popen.pid, tag, signal.SIGKILL)
+            _wait_until_gone(popen.pid, tag, KILL_GRACE)
+
+        stdout.seek(0)
+        stderr.seek(0)
+        return JobResult(
+            command=list(command),
+            launched=launched,
+            exited=exit_time[0],
+            returncode=popen.returncode,
+            stdout=stdout.read().decode(errors="replace"),
+            stderr=stderr.read().decode(errors="replace"),
+            timed_out=timed_out,
+            leftover_processes=len(leftover),
+            observed=observed,
+        )
+
+
+def job_environment(bin_dir: Path) -> dict[str, str]:
+    """Build a job's environment with ``bin_dir`` first on ``PATH``."""
+    environment = dict(os.environ)
+    environment["PATH"] = os.pathsep.join([str(bin_dir), environment.get("PATH", "")])
+    # Unbuffered output lets MPICH's mpirun interleave the lines of two ranks;
+    # the job scripts flush each stamp line themselves.
+    environment.pop("PYTHONUNBUFFERED", None)
+    return environment
+
+
+# ------------------------------------------------------------ network namespace
+
+NAMESPACE_VARIABLE = "DASK_MPI_BENCH_IN_NAMESPACE"
+
+
+def network_interfaces() -> list[str]:
+    """Return the names of the network interfaces visible to this process."""
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    return [line.split(":", 1)[0].strip() for line in lines]
+
+
+def loopback_is_up() -> bool:
+    """Return whether ``lo`` has the IFF_UP flag."""
+    try:
+        flags = int(Path("/sys/class/net/lo/flags").read_text().strip(), 16)
+    except FileNotFoundError:
+        return False
+    return bool(flags & 0x1)
+
+
+def namespace_problem() -> str | None:
+    """Describe why this process is not in a loopback-only namespace, or None."""
+    others = [name for name in network_interfaces() if name != "lo"]
+    if others:
+        return f"network interfaces other than lo are visible: {', '.join(others)}"
+    if not loopback_is_up():
+        return "the loopback interface lo is down"
+    return None
+
+
+def reexec_in_namespace(argv: Sequence[str]) -> None:
+    """Replace this process by ``argv`` inside a new loopback-only namespace.
+
+    ``unshare -n`` needs root. The variable guards against a loop if the new
+    namespace still shows other interfaces.
+    """
+    if os.environ.get(NAMESPACE_VARIABLE) == "1":
+        raise SystemExit(
+            "startup.py: re-executed under unshare -n, but the namespace is "
+            f"still not loopback-only: {namespace_problem()}"
+        )
+    os.environ[NAMESPACE_VARIABLE] = "1"
+    script = 'ip link set lo up && exec "$@"'
+    os.execvp("unshare", ["unshare", "-n", "bash", "-c", script, "bash", *argv])

@@ -1,0 +1,87 @@
+"""Settings that keep large jobs healthy: file limits and timeouts.
+
+The scheduler holds about two file descriptors per worker, and a process
+started from Python keeps the soft limit it inherited (often 1024), so a
+scheduler rank of a large job raises its soft limit towards the hard one.
+distributed's connect timeout and worker time-to-live assume small
+clusters; they grow with the number of workers unless the user set them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dask.config
+
+logger = logging.getLogger(__name__)
+
+# File descriptors per worker on the scheduler, plus a margin for clients,
+# the dashboard and the scheduler's own files.
+_FDS_PER_WORKER = 2
+_FD_MARGIN = 256
+
+# distributed 2026.8 defaults; a value still equal to its default was not
+# set by the user, so it may be scaled.
+_DEFAULT_CONNECT = "30s"
+_DEFAULT_TTL = "5 minutes"
+# Workers per extra second of connect timeout, and of worker time-to-live.
+_WORKERS_PER_CONNECT_SECOND = 20
+_WORKERS_PER_TTL_SECOND = 5
+
+
+def raise_open_file_limit(workers: int) -> None:
+    """Raise this process's soft open-file limit for ``workers`` workers."""
+    import resource
+
+    needed = workers * _FDS_PER_WORKER + _FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    logger.debug("Raised the open-file limit from %d to %d", soft, target)
+    if target < needed:
+        logger.warning(
+            "The open-file limit (hard limit %d) is too low for %d workers, "
+            "which need about %d; raise it with `ulimit -n` in the job script",
+            hard, workers, needed,
+        )
+
+
+def check_listen_backlog(workers: int) -> None:
+    """Warn when the kernel's listen backlog may drop simultaneous connects."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            backlog = int(f.read().strip())
+    except (OSError, ValueError):
+        return
+    if backlog < workers:
+        logger.warning(
+            "net.core.somaxconn is %d, below the %d workers that connect at "
+            "once; some connections may be retried", backlog, workers,
+        )
+
+
+def scaled_timeouts(workers: int) -> dict[str, Any]:
+    """Return dask.config settings whose defaults are too short for ``workers``."""
+    from dask.utils import parse_timedelta
+
+    settings: dict[str, Any] = {}
+    connect = dask.config.get("distributed.comm.timeouts.connect")
+    if connect == _DEFAULT_CONNECT:
+        seconds = parse_timedelta(connect) + workers / _WORKERS_PER_CONNECT_SECOND
+        settings["distributed.comm.timeouts.connect"] = f"{seconds:.0f}s"
+    ttl = dask.config.get("distributed.scheduler.worker-ttl")
+    if ttl == _DEFAULT_TTL:
+        seconds = parse_timedelta(ttl) + workers / _WORKERS_PER_TTL_SECOND
+        settings["distributed.scheduler.worker-ttl"] = f"{seconds:.0f}s"
+    return settings
+
+
+def prepare_rank(workers: int, scheduler: bool) -> None:
+    """Apply the limits and timeouts for a job of ``workers`` workers."""
+    dask.config.set(scaled_timeouts(workers))
+    if scheduler:
+        raise_open_file_limit(workers)
+        check_listen_backlog(workers)

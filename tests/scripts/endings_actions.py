@@ -1,0 +1,117 @@
+"""Ways for the client code of an ``initialize()`` or ``execute()`` job to end.
+
+The endings scripts call ``run_action(ACTION)`` on the client rank. Every
+action that does not run the task load first prints ``client ready`` after
+one task, so the test knows that the cluster worked.
+
+Actions:
+
+``tasks``
+    Run 3,000 small tasks in a ``with Client()`` block and end normally.
+``tasks_open_client``
+    The same with a Client that the script never closes.
+``raise``
+    Raise ``RuntimeError``.
+``exit:N``
+    Call ``sys.exit(N)``.
+``kill``
+    Send SIGKILL to this process.
+``os_exit``
+    Leave through ``os._exit(0)``, without MPI_Finalize.
+``wait``
+    Sleep up to 120 s with the Client open, so that the test can signal a
+    rank or mpirun.
+``kill_worker``
+    SIGKILL the process of the highest-ranked worker while tasks run, then
+    wait for the results. Under a Nanny that is the worker process, which
+    the Nanny restarts; a plain Worker runs in the rank process itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+# 3,000 tasks of the normal-end test; the sum of 0..2999 plus 3,000 is
+# 4,501,500.
+TASK_COUNT = 3000
+TASK_SUM = 4_501_500
+WAIT_SECONDS = 120
+
+
+def increment(x: int) -> int:
+    return x + 1
+
+
+def slow_increment(x: int) -> int:
+    time.sleep(0.1)
+    return x + 1
+
+
+def run_tasks(client) -> None:
+    futures = client.map(increment, range(TASK_COUNT))
+    total = client.submit(sum, futures).result()
+    print(f"tasks sum {total}", flush=True)
+
+
+def worker_pids(client) -> dict[str, int]:
+    """Map each worker name to the pid of the process that runs its tasks."""
+    pids = client.run(os.getpid)
+    names = {
+        address: info["name"]
+        for address, info in client.scheduler_info()["workers"].items()
+    }
+    return {str(names[address]): pid for address, pid in pids.items()}
+
+
+def kill_worker_during_tasks(client) -> None:
+    """SIGKILL the highest-ranked worker's process while 40 tasks run."""
+    before = worker_pids(client)
+    name = max(before, key=lambda text: int(text.rsplit("-", 1)[1]))
+    futures = client.map(slow_increment, range(40))
+    time.sleep(0.5)
+    print(f"killing worker {name} pid {before[name]}", flush=True)
+    os.kill(before[name], signal.SIGKILL)
+    # 1 + 2 + ... + 40 = 820.
+    total = sum(client.gather(futures))
+    print(f"tasks sum {total}", flush=True)
+    client.wait_for_workers(len(before), timeout=30)
+    after = worker_pids(client)
+    print(f"worker {name} restarted {after.get(name) != before[name]}", flush=True)
+
+
+def run_action(action: str) -> None:
+    """End the client code in the way ``action`` names."""
+    from distributed import Client
+
+    if action == "tasks":
+        with Client() as client:
+            run_tasks(client)
+        return
+    if action == "tasks_open_client":
+        client = Client()
+        run_tasks(client)
+        return
+
+    with Client() as client:
+        result = client.submit(sum, [1, 2, 3]).result()
+        print(f"client ready {result}", flush=True)
+        if action == "kill_worker":
+            kill_worker_during_tasks(client)
+            return
+        if action == "wait":
+            time.sleep(WAIT_SECONDS)
+            print("client waited without a signal", flush=True)
+            return
+
+    if action == "raise":
+        raise RuntimeError("client code failed on purpose")
+    if action.startswith("exit:"):
+        sys.exit(int(action.split(":", 1)[1]))
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "os_exit":
+        os._exit(0)
+    raise ValueError(f"unknown action {action!r}")

@@ -1,0 +1,23 @@
+"""End an ``execute()`` job in the way named on the command line.
+
+Usage: ``mpirun -np N python endings_execute.py ACTION [KWARGS_JSON]``. Every
+rank first prints ``PID <rank> <pid>``, so a test can signal one rank. The
+client function runs ``run_action(ACTION)`` (see ``endings_actions.py``);
+every rank that returns from ``execute`` prints ``rank <rank> returned``.
+"""
+
+import json
+import os
+import sys
+
+from mpi4py import MPI
+
+print(f"PID {MPI.COMM_WORLD.rank} {os.getpid()}", flush=True)
+
+from dask_mpi import execute  # noqa: E402
+
+from endings_actions import run_action  # noqa: E402
+
+kwargs = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+execute(run_action, client_args=(sys.argv[1],), **kwargs)
+print(f"rank {MPI.COMM_WORLD.rank} returned", flush=True)
