@@ -47,11 +47,15 @@ class JobResult:
     returncode: int | None
     stdout: str
     stderr: str
-    timed_out: bool
+    # True when the job ran past its timeout or the observer failed, and the
+    # job was killed.
+    killed: bool
     # Processes of the job still alive EXIT_GRACE seconds after the launcher
     # exited; they were killed.
     leftover_processes: int
     observed: dict[str, float] = field(default_factory=dict)
+    # The exception that the observer raised; the job was then killed.
+    observer_error: str | None = None
 
     @property
     def wall(self) -> float:
@@ -81,14 +85,14 @@ class JobResult:
         return (
             f"command: {' '.join(self.command)}\n"
             f"returncode: {self.returncode}, wall: {self.wall:.2f} s, "
-            f"timed out: {self.timed_out}\n"
+            f"killed: {self.killed}, observer error: {self.observer_error}\n"
             f"----- stdout (last {tail} characters) -----\n{self.stdout[-tail:]}\n"
             f"----- stderr (last {tail} characters) -----\n{self.stderr[-tail:]}"
         )
 
     def check(self) -> JobResult:
-        """Return self, or raise JobFailed if the job timed out or exited non-zero."""
-        if self.timed_out or self.returncode != 0:
+        """Return self, or raise JobFailed if the job failed or was killed."""
+        if self.killed or self.observer_error or self.returncode != 0:
             raise JobFailed(self.describe())
         return self
 
@@ -174,18 +178,20 @@ def run_job(
         waiter = threading.Thread(target=wait_for_exit, daemon=True)
         waiter.start()
         observed: dict[str, float] = {}
-        timed_out = False
+        observer_error = None
         try:
             if observe is not None:
                 observed = observe(lambda: bool(exit_time))
-        finally:
+        except Exception as error:  # noqa: BLE001 - reported in the result
+            observer_error = f"{type(error).__name__}: {error}"
+        if observer_error is None:
             waiter.join(max(0.0, launched + timeout - time.time()))
-            if waiter.is_alive():
-                timed_out = True
-                _signal_job(popen.pid, tag, signal.SIGTERM)
-                if _wait_until_gone(popen.pid, tag, KILL_GRACE):
-                    _signal_job(popen.pid, tag, signal.SIGKILL)
-                waiter.join()
+        killed = waiter.is_alive()
+        if killed:
+            _signal_job(popen.pid, tag, signal.SIGTERM)
+            if _wait_until_gone(popen.pid, tag, KILL_GRACE):
+                _signal_job(popen.pid, tag, signal.SIGKILL)
+            waiter.join()
 
         leftover = _wait_until_gone(popen.pid, tag, EXIT_GRACE)
         if leftover:
@@ -201,9 +207,10 @@ def run_job(
             returncode=popen.returncode,
             stdout=stdout.read().decode(errors="replace"),
             stderr=stderr.read().decode(errors="replace"),
-            timed_out=timed_out,
+            killed=killed,
             leftover_processes=len(leftover),
             observed=observed,
+            observer_error=observer_error,
         )
 
 

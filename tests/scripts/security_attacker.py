@@ -1,8 +1,11 @@
 """Try to use a Dask cluster from outside its job, without its credentials.
 
-Usage: ``python security_attacker.py TARGETS_JSON``, where TARGETS_JSON is
-``{"scheduler": ADDRESS, "workers": [ADDRESS, ...]}``. Only the host and port
-of each address are used: every attempt picks its own scheme.
+Usage: ``python security_attacker.py TARGETS_JSON [--plain-only]``, where
+TARGETS_JSON is ``{"scheduler": ADDRESS, "workers": [ADDRESS, ...]}``. Only
+the host and port of each address are used: every attempt picks its own
+scheme. ``--plain-only`` makes only the plain TCP attempts, for a cluster
+without TLS: distributed logs a traceback when a TLS handshake reaches its
+plain TCP listener.
 
 Attempts on the scheduler:
 
@@ -83,20 +86,27 @@ async def attempt(name: str, target: str, call) -> dict:
     return {"attempt": name, "target": target, "accepted": True, "error": None}
 
 
-async def main(targets: dict) -> list[dict]:
+async def main(targets: dict, plain_only: bool) -> list[dict]:
     foreign = Security.temporary()
     foreign_args = foreign.get_connection_args("client")
     scheduler = host_port(targets["scheduler"])
-    calls = [
-        attempt("client_tcp", scheduler, run_task(f"tcp://{scheduler}", None)),
+    calls = [attempt("client_tcp", scheduler, run_task(f"tcp://{scheduler}", None))]
+    everyone = [scheduler, *map(host_port, targets["workers"])]
+    for target in everyone:
+        calls.append(
+            attempt("comm_tcp", target, request_identity(f"tcp://{target}"))
+        )
+    if plain_only:
+        return await asyncio.gather(*calls)
+
+    calls.append(
         attempt(
             "client_foreign_certificate", scheduler,
             run_task(f"tls://{scheduler}", foreign),
-        ),
-    ]
-    for target in [scheduler, *map(host_port, targets["workers"])]:
+        )
+    )
+    for target in everyone:
         calls += [
-            attempt("comm_tcp", target, request_identity(f"tcp://{target}")),
             attempt(
                 "comm_foreign_certificate", target,
                 request_identity(f"tls://{target}", **foreign_args),
@@ -112,5 +122,7 @@ async def main(targets: dict) -> list[dict]:
 
 
 if __name__ == "__main__":
-    outcomes = asyncio.run(main(json.loads(sys.argv[1])))
+    outcomes = asyncio.run(
+        main(json.loads(sys.argv[1]), plain_only="--plain-only" in sys.argv[2:])
+    )
     print("ATTACK " + json.dumps(outcomes), flush=True)

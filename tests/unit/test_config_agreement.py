@@ -208,6 +208,7 @@ CLI_VALUES = [
     ("shutdown_signals", ["--shutdown-signals", "USR1"], "shutdown_signals",
      (signal.SIGUSR1,)),
     ("log_level", ["--log-level", "info"], "log_level", "info"),
+    ("messaging", ["--messaging", "files"], "messaging", "files"),
     ("nanny", ["--no-nanny"], "worker_class", "distributed.Worker"),
 ]
 
@@ -349,6 +350,7 @@ API_VALUES = {
     "rejoin_timeout": ("1h", 3600.0, {}),
     "shutdown_signals": ("USR1", (signal.SIGUSR1,), {}),
     "log_level": ("info", "info", {}),
+    "messaging": ("mpi", "mpi", {}),
 }
 
 def api_keyword_cases():
