@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from typing import Any
 
 import dask.config
@@ -26,12 +25,14 @@ def client_config(address: str, security: Any) -> dict[str, Any]:
     """
     config: dict[str, Any] = {"scheduler-address": address}
     if security is not None and getattr(security, "require_encryption", False):
-        config.update({
-            "distributed.comm.require-encryption": True,
-            "distributed.comm.tls.ca-file": security.tls_ca_file,
-            "distributed.comm.tls.client.cert": security.tls_client_cert,
-            "distributed.comm.tls.client.key": security.tls_client_key,
-        })
+        config.update(
+            {
+                "distributed.comm.require-encryption": True,
+                "distributed.comm.tls.ca-file": security.tls_ca_file,
+                "distributed.comm.tls.client.cert": security.tls_client_cert,
+                "distributed.comm.tls.client.key": security.tls_client_key,
+            }
+        )
     return config
 
 
@@ -39,7 +40,7 @@ class ClientConfig:
     """Sets the client rank's dask.config and restores it when the job ends."""
 
     def __init__(self, address: str, security: Any):
-        self._config = dask.config.set(client_config(address, security))
+        self._config: Any = dask.config.set(client_config(address, security))
 
     def restore(self) -> None:
         """Put back the config that was there before; safe to call twice."""
@@ -133,7 +134,9 @@ class ClientSession:
             )
 
         _, message = job.world._wait(
-            ready_or_interrupt, job.options.startup_timeout + 30, source,
+            ready_or_interrupt,
+            job.options.startup_timeout + 30,
+            source,
             "report that the workers joined",
         )
         if message[0] == "interrupt":
@@ -235,7 +238,10 @@ class ClientSession:
         else:
             self._ask_coordinator(reason)
         self._stop_sent.set()
-        if self._watcher is not None and self._watcher is not threading.current_thread():
+        if (
+            self._watcher is not None
+            and self._watcher is not threading.current_thread()
+        ):
             self._watcher.join(1.0)
         if self.background is not None:
             self.background.join(job.options.shutdown_timeout + 5)
@@ -250,13 +256,17 @@ class ClientSession:
         own = self.background is not None
         if own or job.world.poll(coordinator, TAG_CONTROL) is None:
             job.world.send(
-                ("stop", code, reason, job.rank), coordinator, TAG_CONTROL,
+                ("stop", code, reason, job.rank),
+                coordinator,
+                TAG_CONTROL,
                 job.options.shutdown_timeout,
             )
             self._stop_sent.set()
             if not own:
                 job.world.recv(
-                    coordinator, TAG_CONTROL, job.options.shutdown_timeout + 5,
+                    coordinator,
+                    TAG_CONTROL,
+                    job.options.shutdown_timeout + 5,
                     "close the cluster",
                 )
 

@@ -43,9 +43,7 @@ def _finished(server: Any) -> bool:
 
 
 async def _close_all(workers: list[Any], timeout: float, reason: str) -> None:
-    await asyncio.gather(
-        *(_worker.close_worker(w, timeout, reason) for w in workers)
-    )
+    await asyncio.gather(*(_worker.close_worker(w, timeout, reason) for w in workers))
 
 
 # ------------------------------------------------------------ coordinator
@@ -100,7 +98,10 @@ async def _announce_ready(job: Job, scheduler: Any) -> list[int]:
 
 
 async def _wait_for_end(
-    job: Job, scheduler: Any, terminate: asyncio.Event, ready: asyncio.Task,
+    job: Job,
+    scheduler: Any,
+    terminate: asyncio.Event,
+    ready: asyncio.Task,
     lifeline: _Lifeline,
 ) -> tuple[int, str, int]:
     """Return (code, reason, decider) of the first event that ends the job."""
@@ -161,8 +162,13 @@ async def coordinate(job: Job, scheduler: Any, workers: list[Any]) -> int:
 
 
 async def close_cluster(
-    job: Job, scheduler: Any, workers: list[Any], code: int, reason: str,
-    decider: int, interrupt: bool = True,
+    job: Job,
+    scheduler: Any,
+    workers: list[Any],
+    code: int,
+    reason: str,
+    decider: int,
+    interrupt: bool = True,
 ) -> None:
     """Close the workers, then the scheduler, then release the client ranks."""
     timeout = job.options.shutdown_timeout
@@ -181,7 +187,10 @@ async def close_cluster(
         listed = ", ".join(job.where(r) for r in missing)
         logger.error(
             "No answer from %s within %.0f s (mpi.shutdown-timeout); aborting "
-            "the job with exit code %d", listed, timeout, code or EXIT_FAILURE,
+            "the job with exit code %d",
+            listed,
+            timeout,
+            code or EXIT_FAILURE,
         )
         job.world.abort(code or EXIT_FAILURE)
 
@@ -286,7 +295,8 @@ class _Watch:
             if now - self.signalled_at > job.options.shutdown_timeout + 5:
                 logger.error(
                     "The coordinator (%s) did not end the job after a signal; "
-                    "aborting it", job.where(job.layout.coordinator),
+                    "aborting it",
+                    job.where(job.layout.coordinator),
                 )
                 job.world.abort(128 + (job.signal_received or 0))
         if self.workers and not self.lost and all(map(_finished, self.workers)):
@@ -300,13 +310,14 @@ class _Watch:
 
     async def _check_scheduler(self) -> None:
         job = self.job
-        alive = await asyncio.to_thread(_worker.scheduler_answers, job.address)
+        alive = await asyncio.to_thread(_worker.scheduler_answers, job.address or "")
         self.failures = 0 if alive else self.failures + 1
         if self.failures >= _LIVENESS_FAILURES:
             logger.error(
-                "The scheduler on %s (%s) is gone; ending the job with exit "
-                "code %d", job.where(job.layout.scheduler_rank or 0),
-                job.address, EXIT_FAILURE,
+                "The scheduler on %s (%s) is gone; ending the job with exit code %d",
+                job.where(job.layout.scheduler_rank or 0),
+                job.address,
+                EXIT_FAILURE,
             )
             job.world.abort(EXIT_FAILURE)
 
@@ -323,7 +334,7 @@ async def join(job: Job) -> int:
     options = job.options
     state = _JoinState(job)
     previous: str | None = None
-    timeout = options.startup_timeout
+    timeout: float | None = options.startup_timeout
     while True:
         try:
             address = await _worker.wait_for_scheduler(
@@ -360,8 +371,13 @@ async def _start_joined(job: Job, address: str) -> list[Any]:
     workers = []
     for name in names_on(job, job.rank):
         kwargs = _worker.worker_kwargs(
-            options, f"{name}-{job.join_tag}", nthreads, memory, directory,
-            job.host, job.security,
+            options,
+            f"{name}-{job.join_tag}",
+            nthreads,
+            memory,
+            directory,
+            job.host,
+            job.security,
         )
         workers.append(await _worker.start_worker(address, options, **kwargs))
     logger.info("Joined the scheduler at %s", address)

@@ -71,8 +71,11 @@ def _hydra_job_name() -> str | None:
         with socket.socket(fileno=int(fd)) as connection:
             stream = connection.makefile("rw")
             replies = []
-            for command in ("init pmi_version=1 pmi_subversion=1",
-                            "get_my_kvsname", "finalize"):
+            for command in (
+                "init pmi_version=1 pmi_subversion=1",
+                "get_my_kvsname",
+                "finalize",
+            ):
                 stream.write(f"cmd={command}\n")
                 stream.flush()
                 replies.append(stream.readline())

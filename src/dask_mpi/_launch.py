@@ -23,7 +23,7 @@ from typing import Any
 from . import _logs, _nodes, _scale, _scheduler, _security, _worker
 from ._layout import Layout, Role, plan
 from ._options import Mode, Options, Style, resolve
-from ._world import TAG_CONTROL, TAG_DATA, World, check_launcher
+from ._world import TAG_DATA, World, check_launcher
 from .exceptions import DaskMPIError, StartupError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,10 @@ class Job:
 
 
 def prepare(
-    mode: Mode, style: Style, given: Mapping[str, Any], nanny: bool | None,
+    mode: Mode,
+    style: Style,
+    given: Mapping[str, Any],
+    nanny: bool | None,
     comm: Any,
 ) -> Job:
     """Check options, assign roles and exchange node facts, on every rank.
@@ -123,8 +126,8 @@ def prepare(
 
     workers = len(layout.worker_ranks) * options.workers_per_rank
     _scale.prepare_rank(workers, Role.SCHEDULER in job.role)
-    job.loopback = mode.batch and not options.interface and (
-        _nodes.single_host(job.infos)
+    job.loopback = (
+        mode.batch and not options.interface and (_nodes.single_host(job.infos))
     )
     job.host = _listen_host(job)
     return job
@@ -153,7 +156,8 @@ def open_world(options: Options, style: Style, comm: Any) -> Any:
 
     if not options.scheduler_file:
         raise UsageError(
-            option_name("messaging", style), messaging,
+            option_name("messaging", style),
+            messaging,
             "launching without mpi4py needs a scheduler file",
             f"Give {option_name('scheduler-file', style)} PATH on a filesystem "
             "that every rank can read.",
@@ -188,7 +192,9 @@ def _local_problem(job: Job) -> tuple[str, Any, str, str] | None:
         interfaces = psutil.net_if_addrs()
         if options.interface not in interfaces:
             return (
-                name("interface"), options.interface, "no such network interface",
+                name("interface"),
+                options.interface,
+                "no such network interface",
                 f"Give one of: {', '.join(sorted(interfaces))}.",
             )
     if Role.SCHEDULER in role and options.scheduler_file:
@@ -196,7 +202,8 @@ def _local_problem(job: Job) -> tuple[str, Any, str, str] | None:
         problem = _worker.writable_directory(directory)
         if problem:
             return (
-                name("scheduler-file"), options.scheduler_file,
+                name("scheduler-file"),
+                options.scheduler_file,
                 f"{problem} ({directory})",
                 "Create the directory, or give a path in a writable directory.",
             )
@@ -204,14 +211,18 @@ def _local_problem(job: Job) -> tuple[str, Any, str, str] | None:
         for key, port in _ports_to_check(options):
             if not _scheduler.port_is_free("", port):
                 return (
-                    name(key), port, "the port is already in use",
+                    name(key),
+                    port,
+                    "the port is already in use",
                     "Give a free port, or leave the option out for a free one.",
                 )
     if options.local_directory and Role.WORKER in role:
         problem = _worker.writable_directory(options.local_directory)
         if problem:
             return (
-                name("local-directory"), options.local_directory, problem,
+                name("local-directory"),
+                options.local_directory,
+                problem,
                 "Give an existing, writable directory on node-local storage.",
             )
     return None
@@ -250,8 +261,14 @@ def _listen_host(job: Job) -> str | None:
 
 def share_address(job: Job, scheduler: Any = None, error: str | None = None) -> None:
     """Send the scheduler address and credentials, or a start-up error, to all."""
-    payload: Any = ("error", error) if error else (
-        "address", scheduler.address, job.security,
+    payload: Any = (
+        ("error", error)
+        if error
+        else (
+            "address",
+            scheduler.address,
+            job.security,
+        )
     )
     job.world.scatter_same(payload, job.options.startup_timeout)
 
@@ -260,7 +277,9 @@ def receive_address(job: Job) -> None:
     """Receive what :func:`share_address` sent; raise if the scheduler failed."""
     source = job.layout.scheduler_rank
     _, payload = job.world.recv(
-        source, TAG_DATA, job.options.startup_timeout,
+        source,
+        TAG_DATA,
+        job.options.startup_timeout,
         "start the scheduler and send its address",
     )
     if payload[0] == "error":
@@ -373,7 +392,8 @@ async def _async_share(job: Job, scheduler: Any) -> None:
     payload = ("address", scheduler.address, job.security)
     requests = [
         job.world.post(payload, r, TAG_DATA)
-        for r in range(job.world.size) if r != job.rank
+        for r in range(job.world.size)
+        if r != job.rank
     ]
     deadline = time.monotonic() + job.options.startup_timeout
     while not all(r.test()[0] for r in requests):
@@ -384,9 +404,7 @@ async def _async_share(job: Job, scheduler: Any) -> None:
 
 def names_on(job: Job, rank: int) -> list[str]:
     """Return the worker names of ``rank``."""
-    return _scheduler.worker_names(
-        job.options.name, rank, job.options.workers_per_rank
-    )
+    return _scheduler.worker_names(job.options.name, rank, job.options.workers_per_rank)
 
 
 async def _start_workers(job: Job, workers: list[Any]) -> str | None:
@@ -402,7 +420,9 @@ async def _start_workers(job: Job, workers: list[Any]) -> str | None:
         )
         try:
             with _worker.quiet_failed_start():
-                worker = await _worker.start_worker(job.address, options, **kwargs)
+                worker = await _worker.start_worker(
+                    job.address or "", options, **kwargs
+                )
         except Exception as error:
             cause = _worker.root_cause(error)
             return (
@@ -418,9 +438,7 @@ async def _report_failure(job: Job, workers: list[Any], message: str) -> int:
     from ._coordinator import follow
 
     logger.error("%s", message)
-    job.world.post(
-        ("stop", EXIT_FAILURE, message, job.rank), job.layout.coordinator
-    )
+    job.world.post(("stop", EXIT_FAILURE, message, job.rank), job.layout.coordinator)
     await follow(job, workers)
     return EXIT_FAILURE
 

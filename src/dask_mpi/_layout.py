@@ -56,7 +56,8 @@ class Layout:
 def _check_rank(key: str, rank: int, size: int, style: Style) -> None:
     if rank >= size:
         raise UsageError(
-            option_name(key, style), rank,
+            option_name(key, style),
+            rank,
             f"outside the MPI world of {size} rank(s) (0 to {size - 1})",
             f"Give a rank below {size}, or start the job with more ranks.",
         )

@@ -23,15 +23,15 @@ def configure(rank: int, level: str) -> None:
     formatter = logging.Formatter(FORMAT.format(rank=rank))
     ours = logging.getLogger("dask_mpi")
     if not any(getattr(h, "_dask_mpi", False) for h in ours.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler._dask_mpi = True  # type: ignore[attr-defined]
         ours.addHandler(handler)
         ours.propagate = False
     if ours.level == logging.NOTSET:
         ours.setLevel(logging.INFO)
     for name in ("dask_mpi",) + _CHATTY:
-        for handler in logging.getLogger(name).handlers:
-            handler.setFormatter(formatter)
+        for existing in logging.getLogger(name).handlers:
+            existing.setFormatter(formatter)
     for name in _CHATTY:
         logging.getLogger(name).setLevel(level.upper())
     _configure_children(rank, level)

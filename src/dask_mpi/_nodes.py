@@ -12,6 +12,7 @@ import socket
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class RankInfo:
     pid: int
     cpus: frozenset[int]
     memory: int
-    error: str | None = None
+    error: tuple[str, Any, str, str] | None = None
 
 
 def _cpus() -> frozenset[int]:
@@ -39,10 +40,11 @@ def _memory() -> int:
     return int(psutil.virtual_memory().total)
 
 
-def describe_self(rank: int, error: str | None = None) -> RankInfo:
+def describe_self(
+    rank: int, error: tuple[str, Any, str, str] | None = None
+) -> RankInfo:
     """Return this rank's RankInfo."""
-    return RankInfo(rank, socket.gethostname(), os.getpid(), _cpus(), _memory(),
-                    error)
+    return RankInfo(rank, socket.gethostname(), os.getpid(), _cpus(), _memory(), error)
 
 
 def same_node(infos: Sequence[RankInfo], rank: int) -> list[RankInfo]:
@@ -65,7 +67,9 @@ def default_memory(infos: Sequence[RankInfo], rank: int) -> int:
 
 
 def memory_limit(
-    setting: str | int | float | None, infos: Sequence[RankInfo], rank: int,
+    setting: str | int | float | None,
+    infos: Sequence[RankInfo],
+    rank: int,
     workers_here: int,
 ) -> int | None:
     """Turn the memory-limit option into bytes per worker on ``rank``."""

@@ -130,7 +130,8 @@ def _check_int(minimum: int) -> Callable[[str, Any, Style], int]:
         number = _as_int(value)
         if number is None or number < minimum:
             raise UsageError(
-                option_name(key, style), value,
+                option_name(key, style),
+                value,
                 "not a whole number" if number is None else "too small",
                 f"Give a whole number of at least {minimum}.",
             )
@@ -145,7 +146,9 @@ def _check_port(key: str, value: Any, style: Style) -> int | None:
     port = _check_int(0)(key, value, style)
     if port > 65535:
         raise UsageError(
-            option_name(key, style), value, "not a TCP port",
+            option_name(key, style),
+            value,
+            "not a TCP port",
             "Give a port from 1 to 65535, or leave it out for a free port.",
         )
     return port or None
@@ -162,7 +165,9 @@ def _check_timeout(key: str, value: Any, style: Style) -> float | None:
         seconds = None
     if seconds is None or seconds <= 0:
         raise UsageError(
-            option_name(key, style), value, "not a positive duration",
+            option_name(key, style),
+            value,
+            "not a positive duration",
             "Give seconds or a duration such as '90s' or '5 minutes'.",
         )
     return float(seconds)
@@ -177,7 +182,9 @@ def _check_bool(key: str, value: Any, style: Style) -> bool:
     if text in ("false", "no", "0", "off"):
         return False
     raise UsageError(
-        option_name(key, style), value, "not true or false",
+        option_name(key, style),
+        value,
+        "not true or false",
         "Give true or false.",
     )
 
@@ -187,7 +194,9 @@ def _check_text(key: str, value: Any, style: Style) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise UsageError(
-            option_name(key, style), value, "not a non-empty string",
+            option_name(key, style),
+            value,
+            "not a non-empty string",
             "Give a non-empty string or leave the option out.",
         )
     return value
@@ -206,12 +215,16 @@ def _check_mapping(key: str, value: Any, style: Style) -> dict[str, Any]:
             value = json.loads(value)
         except json.JSONDecodeError as error:
             raise UsageError(
-                option_name(key, style), value, f"not valid JSON ({error})",
+                option_name(key, style),
+                value,
+                f"not valid JSON ({error})",
                 'Give a JSON object, for example \'{"resources": {"GPU": 1}}\'.',
             ) from None
     if not isinstance(value, Mapping):
         raise UsageError(
-            option_name(key, style), value, "not a JSON object",
+            option_name(key, style),
+            value,
+            "not a JSON object",
             'Give a JSON object of keyword arguments, for example \'{"lifetime": '
             '"1h"}\'.',
         )
@@ -238,7 +251,9 @@ def _check_memory(key: str, value: Any, style: Style) -> str | int | float | Non
     if number is not None and math.isfinite(number) and number > 0:
         return number if number <= 1 else int(number)
     raise UsageError(
-        option_name(key, style), value, "not a memory size",
+        option_name(key, style),
+        value,
+        "not a memory size",
         "Give 'auto', a byte count such as 4GB or 4000000000, a fraction of "
         "the node's memory such as 0.5, or 0 for no limit.",
     )
@@ -251,7 +266,9 @@ def _check_protocol(key: str, value: Any, style: Style) -> str | None:
     protocol = str(value).removesuffix("://")
     if protocol not in known:
         raise UsageError(
-            option_name(key, style), value, "unknown protocol",
+            option_name(key, style),
+            value,
+            "unknown protocol",
             f"Give one of {', '.join(known)}.",
         )
     return protocol
@@ -270,12 +287,16 @@ def _check_signals(key: str, value: Any, style: Style) -> tuple[int, ...]:
         if not text.isdigit() and not text.startswith("SIG"):
             text = "SIG" + text
         try:
-            number = signal.Signals(int(text) if text.isdigit() else signal.Signals[text])
+            number = signal.Signals(
+                int(text) if text.isdigit() else signal.Signals[text]
+            )
         except (KeyError, ValueError):
             number = None
         if number is None or number in (signal.SIGKILL, signal.SIGSTOP):
             raise UsageError(
-                option_name(key, style), value, f"not a signal to catch: {name!r}",
+                option_name(key, style),
+                value,
+                f"not a signal to catch: {name!r}",
                 "Give signal names such as SIGUSR1 or USR1.",
             )
         numbers.append(int(number))
@@ -287,7 +308,9 @@ def _check_log_level(key: str, value: Any, style: Style) -> str:
     text = str(value).lower()
     if text not in levels:
         raise UsageError(
-            option_name(key, style), value, "unknown log level",
+            option_name(key, style),
+            value,
+            "unknown log level",
             f"Give one of {', '.join(levels)}.",
         )
     return text
@@ -298,7 +321,9 @@ def _check_messaging(key: str, value: Any, style: Style) -> str:
     text = str(value).lower()
     if text not in choices:
         raise UsageError(
-            option_name(key, style), value, "unknown messaging",
+            option_name(key, style),
+            value,
+            "unknown messaging",
             "Give mpi, files (launch without mpi4py, through the scheduler "
             "file's directory) or auto.",
         )
@@ -347,7 +372,8 @@ def _check_worker_class(
     """Return the dotted worker class and whether it runs under a Nanny."""
     if nanny is not None and value is not None and style is Style.CLI:
         raise UsageError(
-            "--nanny" if nanny else "--no-nanny", f"--worker-class {value}",
+            "--nanny" if nanny else "--no-nanny",
+            f"--worker-class {value}",
             "the deprecated flag cannot be combined with --worker-class",
             "Drop --nanny/--no-nanny and give only --worker-class "
             "(distributed.Nanny or distributed.Worker).",
@@ -360,9 +386,7 @@ def _check_worker_class(
         else:
             value = "distributed.Worker"
     import_worker_class(value, style)
-    use_nanny = value == "distributed.Nanny" or (
-        nanny is True and style is Style.API
-    )
+    use_nanny = value == "distributed.Nanny" or (nanny is True and style is Style.API)
     return value, use_nanny
 
 
@@ -372,21 +396,27 @@ def import_worker_class(dotted: str, style: Style = Style.CLI) -> type:
     option = option_name("worker-class", style)
     if not module_name:
         raise UsageError(
-            option, dotted, "not a dotted name",
+            option,
+            dotted,
+            "not a dotted name",
             "Give module and class, for example distributed.Worker.",
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise UsageError(
-            option, dotted, f"module {module_name!r} cannot be imported ({error})",
+            option,
+            dotted,
+            f"module {module_name!r} cannot be imported ({error})",
             "Install the package that provides it, or give distributed.Nanny "
             "or distributed.Worker.",
         ) from None
     cls = getattr(module, attribute, None)
     if not isinstance(cls, type):
         raise UsageError(
-            option, dotted, f"module {module_name!r} has no class {attribute!r}",
+            option,
+            dotted,
+            f"module {module_name!r} has no class {attribute!r}",
             "Check the spelling; for example distributed.Worker.",
         )
     return cls
@@ -441,13 +471,16 @@ def _check_join(options: Options, mode: Mode, style: Style) -> None:
         return
     if style is Style.CLI:
         raise UsageError(
-            "--no-scheduler", "without SCHEDULER_ADDRESS or --scheduler-file",
+            "--no-scheduler",
+            "without SCHEDULER_ADDRESS or --scheduler-file",
             "the workers cannot know which scheduler to join",
             "Give the address (dask-mpi --no-scheduler tcp://HOST:PORT) or "
             "--scheduler-file PATH.",
         )
     raise UsageError(
-        "scheduler", False, "no scheduler_address or scheduler_file given",
+        "scheduler",
+        False,
+        "no scheduler_address or scheduler_file given",
         "Give scheduler_address='tcp://HOST:PORT' or scheduler_file=PATH.",
     )
 

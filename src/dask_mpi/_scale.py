@@ -45,7 +45,9 @@ def raise_open_file_limit(workers: int) -> None:
         logger.warning(
             "The open-file limit (hard limit %d) is too low for %d workers, "
             "which need about %d; raise it with `ulimit -n` in the job script",
-            hard, workers, needed,
+            hard,
+            workers,
+            needed,
         )
 
 
@@ -59,7 +61,9 @@ def check_listen_backlog(workers: int) -> None:
     if backlog < workers:
         logger.warning(
             "net.core.somaxconn is %d, below the %d workers that connect at "
-            "once; some connections may be retried", backlog, workers,
+            "once; some connections may be retried",
+            backlog,
+            workers,
         )
 
 

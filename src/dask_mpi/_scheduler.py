@@ -58,9 +58,7 @@ def dashboard_address(options: Options, host: str | None) -> str | None:
     return f"{bind_host}:0"
 
 
-async def start_scheduler(
-    options: Options, host: str | None, security: Any
-) -> Any:
+async def start_scheduler(options: Options, host: str | None, security: Any) -> Any:
     """Start a distributed Scheduler and return it once it listens."""
     from distributed import Scheduler
 
@@ -88,9 +86,7 @@ def write_scheduler_file(path: str, identity: dict[str, Any]) -> None:
     reads half of it.
     """
     directory = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(
-        prefix=".dask-mpi-", suffix=".json", dir=directory
-    )
+    fd, temporary = tempfile.mkstemp(prefix=".dask-mpi-", suffix=".json", dir=directory)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -126,7 +122,10 @@ def dashboard_link(scheduler: Any, host_name: str) -> tuple[str, int] | None:
 
 
 def summary(
-    scheduler: Any, infos: Sequence[RankInfo], rank: int, loopback: bool,
+    scheduler: Any,
+    infos: Sequence[RankInfo],
+    rank: int,
+    loopback: bool,
 ) -> list[str]:
     """Return the start-up summary lines of the scheduler rank."""
     host = infos[rank].host
@@ -167,7 +166,9 @@ def worker_names(prefix: str, rank: int, workers_per_rank: int) -> list[str]:
 
 
 async def wait_for_workers(
-    scheduler: Any, names: dict[str, int], infos: Sequence[RankInfo],
+    scheduler: Any,
+    names: dict[str, int],
+    infos: Sequence[RankInfo],
     timeout: float,
 ) -> list[int]:
     """Wait until the workers called ``names`` registered; return missing ranks.
@@ -194,14 +195,20 @@ async def wait_for_workers(
     hosts = sorted({infos[rank].host for rank in names.values()})
     if not missing:
         logger.info(
-            "Workers joined %d/%d in %.1f s on %s", len(seen), len(names),
-            elapsed, ", ".join(hosts),
+            "Workers joined %d/%d in %.1f s on %s",
+            len(seen),
+            len(names),
+            elapsed,
+            ", ".join(hosts),
         )
         return []
     listed = ", ".join(f"rank {r} on {infos[r].host}" for r in missing)
     logger.warning(
         "Workers joined %d/%d; after %.0f s (mpi.startup-timeout) none from %s. "
         "The cluster goes on with the workers that joined.",
-        len(seen), len(names), timeout, listed,
+        len(seen),
+        len(names),
+        timeout,
+        listed,
     )
     return missing

@@ -82,5 +82,9 @@ def from_scheduler_file(info: dict[str, Any]) -> Any:
     return Security(
         require_encryption=True,
         tls_ca_file=tls["ca"],
-        **{f"tls_{role}_{part}": value for role in roles for part, value in pair.items()},
+        **{
+            f"tls_{role}_{part}": value
+            for role in roles
+            for part, value in pair.items()
+        },
     )

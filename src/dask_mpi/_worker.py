@@ -20,8 +20,13 @@ logger = logging.getLogger(__name__)
 
 
 def worker_kwargs(
-    options: Options, name: str, nthreads: int, memory_limit: int | None,
-    local_directory: str, host: str | None, security: Any,
+    options: Options,
+    name: str,
+    nthreads: int,
+    memory_limit: int | None,
+    local_directory: str,
+    host: str | None,
+    security: Any,
 ) -> dict[str, Any]:
     """Return the keyword arguments for one worker of the worker class."""
     kwargs: dict[str, Any] = dict(
@@ -39,6 +44,10 @@ def worker_kwargs(
     if options.use_nanny and options.worker_class != "distributed.Nanny":
         kwargs["worker_class"] = options.worker_class
     kwargs.update(options.worker_options)
+    if options.use_nanny:
+        preload = kwargs.get("preload") or []
+        preload = [preload] if isinstance(preload, str) else list(preload)
+        kwargs["preload"] = [*preload, "dask_mpi._child"]
     return kwargs
 
 
@@ -148,7 +157,9 @@ def read_scheduler_file(path: str) -> str | None:
 
 
 async def wait_for_scheduler(
-    address: str | None, scheduler_file: str | None, timeout: float | None,
+    address: str | None,
+    scheduler_file: str | None,
+    timeout: float | None,
     previous: str | None = None,
 ) -> str:
     """Wait until a scheduler answers and return its address.
@@ -160,7 +171,9 @@ async def wait_for_scheduler(
     source = scheduler_file or address
     if previous:
         logger.warning(
-            "Scheduler %s went away; waiting for it at %s%s", previous, source,
+            "Scheduler %s went away; waiting for it at %s%s",
+            previous,
+            source,
             "" if timeout is None else f" for up to {timeout:g} s",
         )
     else:
@@ -174,11 +187,13 @@ async def wait_for_scheduler(
         if deadline is not None and time.monotonic() > deadline:
             what = (
                 f"scheduler file {scheduler_file} did not name a live scheduler"
-                if scheduler_file else f"no scheduler answered at {address}"
+                if scheduler_file
+                else f"no scheduler answered at {address}"
             )
             raise RankTimeoutError(
                 f"Timed out after {timeout:g} s: {what}. Start the scheduler "
-                "first, check the address, or raise the timeout.", None,
+                "first, check the address, or raise the timeout.",
+                None,
                 timeout or 0.0,
             )
         await asyncio.sleep(pause)

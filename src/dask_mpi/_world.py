@@ -65,8 +65,8 @@ def check_launcher(size: int) -> None:
         f"mpi4py sees a world of 1 rank, but the launcher started {value} "
         f"processes ({variable}={value}). mpi4py uses {library!r}, which is "
         "not the MPI library of the launcher. Compare "
-        "`python -c \"import mpi4py; print(mpi4py.get_config())\"` and "
-        "`python -c \"from mpi4py import MPI; print(MPI.Get_library_version())\"` "
+        '`python -c "import mpi4py; print(mpi4py.get_config())"` and '
+        '`python -c "from mpi4py import MPI; print(MPI.Get_library_version())"` '
         "with `mpirun --version`, then start the job with the mpirun that "
         "belongs to mpi4py's MPI (with the mpich wheel: the mpirun in the "
         "same environment's bin folder) or rebuild mpi4py against the site MPI."
@@ -109,7 +109,10 @@ class Channel:
         raise NotImplementedError
 
     def _wait(
-        self, ready: Callable[[], Any], timeout: float | None, rank: int | None,
+        self,
+        ready: Callable[[], Any],
+        timeout: float | None,
+        rank: int | None,
         what: str,
     ) -> Any:
         deadline, pause = _deadline(timeout), self.poll_first
@@ -121,24 +124,35 @@ class Channel:
                 who = "any rank" if rank is None else f"rank {rank}"
                 raise RankTimeoutError(
                     f"Timed out after {timeout:g} s waiting for {who} to {what}.",
-                    rank, timeout or 0.0,
+                    rank,
+                    timeout or 0.0,
                 )
             time.sleep(pause)
             pause = min(pause * 2, self.poll_max)
 
-    def send(self, obj: Any, dest: int, tag: int = TAG_DATA,
-             timeout: float | None = None) -> None:
+    def send(
+        self, obj: Any, dest: int, tag: int = TAG_DATA, timeout: float | None = None
+    ) -> None:
         """Send ``obj`` to ``dest``, waiting until the send buffer is free."""
         request = self.post(obj, dest, tag)
         self._wait(lambda: request.test()[0], timeout, dest, "receive a message")
 
-    def recv(self, source: int | None = None, tag: int = TAG_DATA,
-             timeout: float | None = None, what: str = "send a message") -> Any:
+    def recv(
+        self,
+        source: int | None = None,
+        tag: int = TAG_DATA,
+        timeout: float | None = None,
+        what: str = "send a message",
+    ) -> Any:
         """Wait for a message and return ``(source, obj)``."""
         return self._wait(lambda: self.poll(source, tag), timeout, source, what)
 
-    async def arecv(self, source: int | None = None, tag: int = TAG_CONTROL,
-                    timeout: float | None = None) -> Any:
+    async def arecv(
+        self,
+        source: int | None = None,
+        tag: int = TAG_CONTROL,
+        timeout: float | None = None,
+    ) -> Any:
         """Wait for a message without blocking the event loop."""
         deadline, pause = _deadline(timeout), self.poll_first
         while True:
@@ -148,7 +162,8 @@ class Channel:
             if time.monotonic() > deadline:
                 raise RankTimeoutError(
                     f"Timed out after {timeout:g} s waiting for a message.",
-                    source, timeout or 0.0,
+                    source,
+                    timeout or 0.0,
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, self.poll_max)
@@ -170,7 +185,8 @@ class Channel:
                 raise RankTimeoutError(
                     f"Timed out after {timeout:g} s: rank(s) "
                     f"{', '.join(map(str, sorted(missing)))} did not {what}.",
-                    min(missing), timeout,
+                    min(missing),
+                    timeout,
                 ) from None
             items[source] = item
             missing.discard(source)
@@ -183,7 +199,9 @@ class Channel:
             self.post(obj, r, TAG_DATA) for r in range(self.size) if r != self.rank
         ]
         self._wait(
-            lambda: all(r.test()[0] for r in requests), timeout, None,
+            lambda: all(r.test()[0] for r in requests),
+            timeout,
+            None,
             "receive a message",
         )
 
@@ -231,7 +249,8 @@ class World(Channel):
         MPI = mpi()
         status = MPI.Status()
         message = self.private.improbe(
-            source=MPI.ANY_SOURCE if source is None else source, tag=tag,
+            source=MPI.ANY_SOURCE if source is None else source,
+            tag=tag,
             status=status,
         )
         if message is None:

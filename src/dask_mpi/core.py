@@ -93,11 +93,17 @@ def initialize(
     """
     global _session
     given = dict(
-        interface=interface, nthreads=nthreads, local_directory=local_directory,
-        memory_limit=memory_limit, dashboard=dashboard,
-        dashboard_address=dashboard_address, protocol=protocol,
-        worker_class=worker_class, worker_options=worker_options,
-        security=security, **options,
+        interface=interface,
+        nthreads=nthreads,
+        local_directory=local_directory,
+        memory_limit=memory_limit,
+        dashboard=dashboard,
+        dashboard_address=dashboard_address,
+        protocol=protocol,
+        worker_class=worker_class,
+        worker_options=worker_options,
+        security=security,
+        **options,
     )
     job = start(Mode.INITIALIZE, given, nanny, comm)
     if Role.CLIENT not in job.role:

@@ -66,14 +66,24 @@ def execute(
     option can be given by its Python name in ``**options``.
     """
     given = dict(
-        client_rank=client_rank, scheduler=scheduler, scheduler_rank=scheduler_rank,
-        scheduler_address=scheduler_address, scheduler_port=scheduler_port,
-        scheduler_file=scheduler_file, interface=interface, nthreads=nthreads,
-        local_directory=local_directory, memory_limit=memory_limit,
-        dashboard=dashboard, dashboard_address=dashboard_address,
-        protocol=protocol, exclusive_workers=exclusive_workers,
-        worker_class=worker_class, worker_options=worker_options,
-        security=security, **options,
+        client_rank=client_rank,
+        scheduler=scheduler,
+        scheduler_rank=scheduler_rank,
+        scheduler_address=scheduler_address,
+        scheduler_port=scheduler_port,
+        scheduler_file=scheduler_file,
+        interface=interface,
+        nthreads=nthreads,
+        local_directory=local_directory,
+        memory_limit=memory_limit,
+        dashboard=dashboard,
+        dashboard_address=dashboard_address,
+        protocol=protocol,
+        exclusive_workers=exclusive_workers,
+        worker_class=worker_class,
+        worker_options=worker_options,
+        security=security,
+        **options,
     )
     if worker_name is not None:
         given["name"] = worker_name
@@ -86,7 +96,9 @@ def execute(
 
 
 def _run_client(
-    job: Any, function: Callable[..., Any] | None, args: tuple[Any, ...],
+    job: Any,
+    function: Callable[..., Any] | None,
+    args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
     session = start_client(job)

@@ -202,7 +202,7 @@ OPTION_CASES = [
 @pytest.mark.parametrize("np, options, make_check", OPTION_CASES)
 def test_cli_option(start_mpi, tmp_path, np, options, make_check):
     scheduler_file = tmp_path / "scheduler.json"
-    options = [option.format(tmp_path=tmp_path) for option in options]
+    options = [option.replace("{tmp_path}", str(tmp_path)) for option in options]
     job = start_cluster(start_mpi, scheduler_file, *options, np=np)
 
     report = report_and_shut_down(scheduler_file)
@@ -348,7 +348,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("np, options, fragment", BAD_INPUTS)
 def test_cli_bad_input(start_mpi, tmp_path, np, options, fragment):
-    options = [option.format(tmp_path=tmp_path) for option in options]
+    options = [option.replace("{tmp_path}", str(tmp_path)) for option in options]
 
     result = start_mpi(["dask-mpi", *options], np=np).wait(TIMEOUT)
 
