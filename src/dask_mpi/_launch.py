@@ -126,6 +126,8 @@ def prepare(
 
     workers = len(layout.worker_ranks) * options.workers_per_rank
     _scale.prepare_rank(workers, Role.SCHEDULER in job.role)
+    if Role.SCHEDULER in job.role and len({i.environment for i in job.infos}) == 1:
+        _scale.deduplicate_version_check()
     job.loopback = (
         mode.batch and not options.interface and (_nodes.single_host(job.infos))
     )

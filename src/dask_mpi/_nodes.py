@@ -25,6 +25,7 @@ class RankInfo:
     cpus: frozenset[int]
     memory: int
     error: tuple[str, Any, str, str] | None = None
+    environment: str = ""
 
 
 def _cpus() -> frozenset[int]:
@@ -44,7 +45,17 @@ def describe_self(
     rank: int, error: tuple[str, Any, str, str] | None = None
 ) -> RankInfo:
     """Return this rank's RankInfo."""
-    return RankInfo(rank, socket.gethostname(), os.getpid(), _cpus(), _memory(), error)
+    from ._scale import environment_key
+
+    return RankInfo(
+        rank,
+        socket.gethostname(),
+        os.getpid(),
+        _cpus(),
+        _memory(),
+        error,
+        environment_key(),
+    )
 
 
 def same_node(infos: Sequence[RankInfo], rank: int) -> list[RankInfo]:

@@ -89,3 +89,93 @@ def prepare_rank(workers: int, scheduler: bool) -> None:
     if scheduler:
         raise_open_file_limit(workers)
         check_listen_backlog(workers)
+
+
+# The distributed releases whose Scheduler.add_worker compares every new
+# worker's package versions with every registered worker's, a cost that
+# grows with the square of the number of workers.
+_PATCHED_RELEASES = ("2026.8.",)
+_CHECK_CALL = "version_module.error_message("
+
+
+def environment_key() -> str:
+    """Return a digest of this rank's Python and package versions."""
+    import hashlib
+    import json
+
+    from distributed.versions import get_versions
+
+    versions = get_versions()
+    text = json.dumps(
+        [versions["host"]["python"], versions["packages"]], sort_keys=True
+    )
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def version_check_patchable() -> bool:
+    """True when the installed distributed has the version check we replace."""
+    import inspect
+
+    import distributed
+    from distributed.scheduler import Scheduler
+
+    if not distributed.__version__.startswith(_PATCHED_RELEASES):
+        return False
+    return _CHECK_CALL in inspect.getsource(Scheduler.add_worker)
+
+
+class _DistinctRecords:
+    """Maps a versions record to a key; records are compared once each."""
+
+    def __init__(self) -> None:
+        self._keys: dict[int, tuple[Any, Any]] = {}
+
+    def key(self, record: Any) -> Any:
+        cached = self._keys.get(id(record))
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        packages = record.get("packages") if isinstance(record, dict) else record
+        if isinstance(packages, dict):
+            key: Any = tuple(sorted(packages.items()))
+        else:
+            key = repr(packages)
+        self._keys[id(record)] = (record, key)
+        return key
+
+    def forget_missing(self, live: Any) -> None:
+        """Drop cached records that no longer belong to a worker."""
+        alive = {id(record) for record in live}
+        for ident in [i for i in self._keys if i not in alive]:
+            del self._keys[ident]
+
+
+def deduplicate_version_check() -> bool:
+    """Make the scheduler compare each distinct versions record only once.
+
+    Every rank of the job runs the same environment (checked over MPI
+    before this is called), so the workers' records are identical and one
+    comparison stands for all. The result is the same as distributed's,
+    which reports the set of versions seen among workers. Returns False,
+    changing nothing, when the installed distributed is not one this was
+    written against.
+    """
+    from distributed import versions
+
+    if not version_check_patchable() or getattr(versions, "_dask_mpi", False):
+        return False
+    original = versions.error_message
+    records = _DistinctRecords()
+
+    def error_message(
+        scheduler: Any, workers: dict, source: Any, source_name: str = "Client"
+    ) -> dict:
+        distinct: dict[Any, tuple[str, Any]] = {}
+        for name, record in workers.items():
+            distinct.setdefault(records.key(record), (name, record))
+        if len(records._keys) > 2 * len(workers) + 16:
+            records.forget_missing(workers.values())
+        return original(scheduler, dict(distinct.values()), source, source_name)
+
+    versions.error_message = error_message
+    versions._dask_mpi = True  # type: ignore[attr-defined]
+    return True
