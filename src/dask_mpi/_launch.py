@@ -410,28 +410,32 @@ def names_on(job: Job, rank: int) -> list[str]:
 
 
 async def _start_workers(job: Job, workers: list[Any]) -> str | None:
-    """Start this rank's workers; return a message if one failed."""
+    """Start this rank's workers at once; return a message if one failed."""
     options = job.options
     count = options.workers_per_rank
     nthreads = options.nthreads or _nodes.default_threads(job.infos, job.rank)
     memory = _nodes.memory_limit(options.memory_limit, job.infos, job.rank, count)
     directory = options.local_directory or _nodes.default_local_directory()
-    for name in names_on(job, job.rank):
+
+    async def start(name: str) -> Any:
         kwargs = _worker.worker_kwargs(
             options, name, nthreads, memory, directory, job.host, job.security
         )
-        try:
-            with _worker.quiet_failed_start():
-                worker = await _worker.start_worker(
-                    job.address or "", options, **kwargs
-                )
-        except Exception as error:
-            cause = _worker.root_cause(error)
+        return await _worker.start_worker(job.address or "", options, **kwargs)
+
+    names = names_on(job, job.rank)
+    with _worker.quiet_failed_start():
+        results = await asyncio.gather(
+            *(start(name) for name in names), return_exceptions=True
+        )
+    workers.extend(r for r in results if not isinstance(r, BaseException))
+    for name, result in zip(names, results):
+        if isinstance(result, BaseException):
+            cause = _worker.root_cause(result)
             return (
                 f"Worker {name} ({options.worker_class}) on {job.where(job.rank)} "
                 f"failed to start: {type(cause).__name__}: {cause}"
             )
-        workers.append(worker)
     return None
 
 

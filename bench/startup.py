@@ -1,0 +1,843 @@
+"""Benchmark dask-mpi's start-up, shutdown and steady state on one machine.
+
+Run it from the repository root after ``pip install -e '.[mpich]'``, inside
+a network namespace that has only the loopback interface, so that every
+MPI and Dask socket stays on this machine::
+
+    unshare -n bash -c 'ip link set lo up; python bench/startup.py'
+
+``unshare -n`` needs root. Run as root outside such a namespace, the script
+re-executes itself that way; otherwise it stops with an error. The namespace
+check looks for interfaces other than ``lo`` in ``/proc/self/net/dev``.
+
+In one run it measures, with ``--reps`` repetitions of each figure (the
+median, minimum and maximum are reported; one unrecorded warm-up run of
+each kind comes first):
+
+- the floor: ``mpirun -np N python -c "import distributed, mpi4py.MPI"``,
+  its wall time, start-up (launch to the last rank's stamp after the
+  imports) and exit (that stamp to launcher exit);
+- a tiny batch job (``bench/jobs/batch_tiny.py``: ``initialize()``,
+  ``Client()``, one task): launch to first result, client end to launcher
+  exit, and wall time, for this repository's package (TLS on, its default,
+  and ``security=False``) and the established package from PyPI;
+- the ``dask-mpi`` command: launch to an outside client (this process) seeing
+  all N-1 workers, and ``Client.shutdown()`` to launcher exit;
+- steady state on 6 ranks (4 workers of 1 thread), tiny tasks and a
+  dask.array reduction (``bench/jobs/steady_state.py``), against a
+  ``LocalCluster(n_workers=4, threads_per_worker=1)``;
+- start-up growth from a few ranks to 32 (oversubscribed), as the
+  least-squares slope in seconds per extra rank, next to the floor's.
+
+The established package (``dask-mpi==2026.3.0`` by default) has the same
+import name, so it is installed into ``bench/.venv-established``, a virtual
+environment of the same Python with the same ``distributed`` version, and
+reused while its recorded versions match.
+
+The tables are printed and written to ``docs/benchmarks.md`` (``--output``)
+with a machine description. A ``## Notes`` section already in that file is
+kept. ``--quick`` runs one repetition of the smallest sizes as a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import _report
+import _runner
+from _report import Summary, cell, median_of, ratio, ratio_cell, slope, table
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPOSITORY = BENCH_DIR.parent
+JOBS_DIR = BENCH_DIR / "jobs"
+BATCH_SCRIPT = JOBS_DIR / "batch_tiny.py"
+STEADY_SCRIPT = JOBS_DIR / "steady_state.py"
+DEFAULT_OUTPUT = REPOSITORY / "docs" / "benchmarks.md"
+DEFAULT_ESTABLISHED_VENV = BENCH_DIR / ".venv-established"
+ESTABLISHED_VERSION = "2026.3.0"
+
+FLOOR_CODE = (
+    "import distributed, mpi4py.MPI, time; "
+    "print(f'BENCH-STAMP imported {time.time():.6f}', flush=True)"
+)
+STEADY_RANKS = 6
+
+# Targets, reported as pass or fail and never asserted.
+TARGET_COST_OVER_FLOOR = 0.8  # times the established package's
+TARGET_EXIT_OVER_FLOOR = 0.1  # seconds over the floor's own exit time
+TARGET_CLI_SHUTDOWN = 0.5  # seconds
+TARGET_STEADY_STATE = 0.95  # times LocalCluster's throughput
+TARGET_RANK_SLOPE = 1.2  # times the floor's seconds per extra rank
+
+NOTES_HEADING = "## Notes"
+
+
+# ------------------------------------------------------------ environments
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A virtual environment with mpirun, python and dask-mpi."""
+
+    name: str
+    bin_dir: Path
+
+    @property
+    def mpirun(self) -> str:
+        return str(self.bin_dir / "mpirun")
+
+    @property
+    def python(self) -> str:
+        return str(self.bin_dir / "python")
+
+    @property
+    def dask_mpi(self) -> str:
+        return str(self.bin_dir / "dask-mpi")
+
+    def env(self) -> dict[str, str]:
+        return _runner.job_environment(self.bin_dir)
+
+
+def own_environment() -> Environment:
+    """Return the environment of this interpreter, which must have mpirun."""
+    # Do not resolve the symlink: its target lies outside the virtual environment.
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "mpirun").is_file():
+        raise SystemExit(
+            f"startup.py: mpirun not found in {bin_dir}; install the package "
+            "with `pip install -e '.[mpich]'` into this environment"
+        )
+    return Environment("ours", bin_dir)
+
+
+def _installed_versions(python: Path) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json, platform; print(json.dumps({"
+        "'python': platform.python_version(), "
+        "'dask-mpi': m.version('dask-mpi'), 'distributed': m.version('distributed'), "
+        "'mpich': m.version('mpich'), 'mpi4py': m.version('mpi4py')}))"
+    )
+    output = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(output)
+
+
+def established_environment(venv: Path, version: str) -> Environment:
+    """Create or reuse the established package's virtual environment.
+
+    It has the same Python and ``distributed`` as this interpreter; one that
+    differs in either, or in the dask-mpi version, is created anew.
+    """
+    import importlib.metadata
+    import platform
+    import shutil
+
+    expected = {
+        "python": platform.python_version(),
+        "dask-mpi": version,
+        "distributed": importlib.metadata.version("distributed"),
+    }
+    python = venv / "bin" / "python"
+    if python.exists():
+        try:
+            found = _installed_versions(python)
+        except (subprocess.CalledProcessError, json.JSONDecodeError):
+            found = {}
+        if all(found.get(key) == value for key, value in expected.items()):
+            return Environment("established", venv / "bin")
+        progress(f"recreating {venv}: found {found}, expected {expected}")
+        shutil.rmtree(venv)
+
+    progress(f"creating {venv} with dask-mpi=={version}")
+    # sys.executable of a virtual environment creates one on the same base Python.
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [
+            str(python), "-m", "pip", "install", "--quiet",
+            f"dask-mpi=={version}", "mpich", "mpi4py",
+            f"distributed=={expected['distributed']}",
+        ],
+        check=True,
+    )
+    found = _installed_versions(python)
+    if any(found.get(key) != value for key, value in expected.items()):
+        raise SystemExit(
+            f"startup.py: {venv} has {found} after pip install, expected {expected}"
+        )
+    return Environment("established", venv / "bin")
+
+
+def established_description(environment: Environment | None) -> str | None:
+    if environment is None:
+        return None
+    versions = _installed_versions(environment.bin_dir / "python")
+    return (
+        f"{versions['dask-mpi']} (with distributed {versions['distributed']}, "
+        f"mpi4py {versions['mpi4py']}, MPICH {versions['mpich']})"
+    )
+
+
+# ------------------------------------------------------------ measurements
+
+
+def progress(message: str) -> None:
+    print(f"[startup.py {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr,
+          flush=True)
+
+
+def measure_floor(environment: Environment, ranks: int, timeout: float) -> dict:
+    command = [environment.mpirun, "-np", str(ranks), environment.python, "-c",
+               FLOOR_CODE]
+    result = _runner.run_job(command, timeout, environment.env()).check()
+    imported = result.last_stamp("imported")
+    if len(result.stamps("imported")) != ranks:
+        raise _runner.JobFailed(f"expected {ranks} stamps\n{result.describe()}")
+    return {
+        "wall": result.wall,
+        "startup": imported - result.launched,
+        "exit": result.exited - imported,
+        "leftovers": result.leftover_processes,
+    }
+
+
+def measure_batch(
+    environment: Environment, ranks: int, kwargs: dict, timeout: float
+) -> dict:
+    command = [environment.mpirun, "-np", str(ranks), environment.python,
+               str(BATCH_SCRIPT)]
+    if kwargs:
+        command.append(json.dumps(kwargs))
+    result = _runner.run_job(command, timeout, environment.env()).check()
+    return {
+        "wall": result.wall,
+        "startup": result.last_stamp("first-result") - result.launched,
+        "exit": result.exited - result.last_stamp("client-end"),
+        "leftovers": result.leftover_processes,
+    }
+
+
+def _cli_observer(
+    scheduler_file: Path, workers: int, timeout: float
+) -> Callable[[Callable[[], bool]], dict[str, float]]:
+    """Build an observer that connects once all workers joined, then shuts down."""
+
+    def observe(launcher_exited: Callable[[], bool]) -> dict[str, float]:
+        from distributed import Client
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if "address" in json.loads(scheduler_file.read_text()):
+                    break
+            except (FileNotFoundError, json.JSONDecodeError):
+                pass
+            if launcher_exited():
+                raise RuntimeError("the launcher exited before writing "
+                                   f"{scheduler_file}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{scheduler_file} not written in {timeout} s")
+            time.sleep(0.005)
+
+        remaining = max(1.0, deadline - time.monotonic())
+        client = Client(scheduler_file=str(scheduler_file), timeout=remaining,
+                        set_as_default=False)
+        try:
+            client.wait_for_workers(workers, timeout=max(1.0, deadline - time.monotonic()))
+            ready = time.time()
+            shutdown = time.time()
+            client.shutdown()
+        finally:
+            client.close()
+        return {"ready": ready, "shutdown": shutdown}
+
+    return observe
+
+
+def measure_cli(environment: Environment, ranks: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as directory:
+        scheduler_file = Path(directory) / "scheduler.json"
+        command = [environment.mpirun, "-np", str(ranks), environment.dask_mpi,
+                   "--scheduler-file", str(scheduler_file)]
+        observe = _cli_observer(scheduler_file, ranks - 1, timeout)
+        result = _runner.run_job(command, timeout, environment.env(), observe)
+    # A CLI job that ends on Client.shutdown() exits 0 in both packages.
+    result.check()
+    return {
+        "wall": result.wall,
+        "startup": result.observed["ready"] - result.launched,
+        "exit": result.exited - result.observed["shutdown"],
+        "leftovers": result.leftover_processes,
+    }
+
+
+def measure_steady(
+    environment: Environment, variant: str, tasks: int, size: int, timeout: float
+) -> dict:
+    arguments = [str(STEADY_SCRIPT)]
+    if variant == "local":
+        command = [environment.python, *arguments, "local", str(tasks), str(size)]
+    else:
+        kwargs = {"nthreads": 1}
+        if variant == "ours-notls":
+            kwargs["security"] = False
+        command = [environment.mpirun, "-np", str(STEADY_RANKS), environment.python,
+                   *arguments, "mpi", str(tasks), str(size), json.dumps(kwargs)]
+    result = _runner.run_job(command, timeout, environment.env()).check()
+    return {
+        "tasks": result.result("tasks"),
+        "array": result.result("array"),
+        "leftovers": result.leftover_processes,
+    }
+
+
+# ------------------------------------------------------------ plan and run
+
+
+@dataclass(frozen=True)
+class Run:
+    """One job of the plan; repetition 0 is an unrecorded warm-up."""
+
+    phase: str
+    variant: str
+    ranks: int
+    repetition: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.phase, self.variant, self.ranks)
+
+
+VARIANT_LABELS = {
+    "floor": "floor (import only)",
+    "ours": "ours (TLS, its default)",
+    "ours-notls": "ours (security=False)",
+    "established": "established",
+    "local": "LocalCluster",
+}
+
+
+def build_plan(args: argparse.Namespace) -> list[Run]:
+    """List every job in run order; repetitions are interleaved across variants."""
+    batch_variants = ["ours", "ours-notls"]
+    cli_variants = ["ours"]
+    if args.established:
+        batch_variants.append("established")
+        cli_variants.append("established")
+    first = 1 if args.no_warmup else 0
+    plan: list[Run] = []
+
+    if "batch" in args.phases:
+        for repetition in range(first, args.reps + 1):
+            sizes = args.batch_sizes[:1] if repetition == 0 else args.batch_sizes
+            for ranks in sizes:
+                plan.append(Run("floor", "floor", ranks, repetition))
+                plan += [Run("batch", v, ranks, repetition) for v in batch_variants]
+    if "cli" in args.phases:
+        for repetition in range(first, args.reps + 1):
+            sizes = args.cli_sizes[:1] if repetition == 0 else args.cli_sizes
+            for ranks in sizes:
+                plan += [Run("cli", v, ranks, repetition) for v in cli_variants]
+    if "steady" in args.phases:
+        for repetition in range(first, args.reps + 1):
+            for variant in ("local", "ours", "ours-notls"):
+                plan.append(Run("steady", variant, STEADY_RANKS, repetition))
+    if "growth" in args.phases:
+        for repetition in range(first, args.reps + 1):
+            sizes = args.growth_sizes[:1] if repetition == 0 else args.growth_sizes
+            for ranks in sizes:
+                plan.append(Run("floor", "floor", ranks, repetition))
+                plan.append(Run(f"growth-{args.growth_job}", "ours", ranks, repetition))
+    return plan
+
+
+def execute(run: Run, args: argparse.Namespace, environments: dict) -> dict:
+    """Run one job of the plan and return its figures in seconds."""
+    ours = environments["ours"]
+    environment = environments.get(run.variant, ours)
+    if run.phase == "floor":
+        return measure_floor(ours, run.ranks, args.timeout)
+    if run.phase in ("batch", "growth-batch"):
+        kwargs = {"security": False} if run.variant == "ours-notls" else {}
+        return measure_batch(environment, run.ranks, kwargs, args.timeout)
+    if run.phase in ("cli", "growth-cli"):
+        return measure_cli(environment, run.ranks, args.timeout)
+    if run.phase == "steady":
+        return measure_steady(ours, run.variant, args.steady_tasks, args.steady_size,
+                              args.timeout)
+    raise ValueError(f"invalid phase {run.phase!r}")
+
+
+class Samples:
+    """Figures of every recorded run, by (phase, variant, ranks) and figure name."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple, dict[str, list[float]]] = defaultdict(
+            lambda: defaultdict(list))
+        self.attempts: dict[tuple, int] = defaultdict(int)
+        self.failures: dict[tuple, int] = defaultdict(int)
+
+    def add(self, key: tuple, figures: dict) -> None:
+        self.attempts[key] += 1
+        for name, value in figures.items():
+            self.values[key][name].append(value)
+
+    def fail(self, key: tuple) -> None:
+        self.attempts[key] += 1
+        self.failures[key] += 1
+
+    def summary(self, key: tuple, figure: str) -> Summary | None:
+        return Summary.of(self.values.get(key, {}).get(figure, []))
+
+    def median(self, key: tuple, figure: str) -> float | None:
+        return median_of(self.summary(key, figure))
+
+    def points(self, key_of: Callable[[int], tuple], sizes: list[int],
+               figure: str) -> list[tuple[float, float]]:
+        return [(ranks, value) for ranks in sizes
+                for value in self.values.get(key_of(ranks), {}).get(figure, [])]
+
+    def count(self, key: tuple) -> str:
+        """Format successful runs over attempts, e.g. ``5/5``."""
+        attempts = self.attempts.get(key, 0)
+        return f"{attempts - self.failures.get(key, 0)}/{attempts}"
+
+    def leftovers(self) -> int:
+        return int(sum(sum(figures.get("leftovers", [])) for figures in
+                       self.values.values()))
+
+
+def run_plan(plan: list[Run], args: argparse.Namespace, environments: dict) -> Samples:
+    samples = Samples()
+    for index, run in enumerate(plan, start=1):
+        label = (f"[{index}/{len(plan)}] {run.phase} {run.variant} N={run.ranks} "
+                 f"{'warm-up' if run.repetition == 0 else f'rep {run.repetition}'}")
+        try:
+            figures = execute(run, args, environments)
+        except (_runner.JobFailed, subprocess.SubprocessError, OSError) as error:
+            progress(f"{label}: FAILED\n{error}")
+            if run.repetition:
+                samples.fail(run.key)
+            continue
+        shown = ", ".join(f"{name} {value:.2f}" for name, value in figures.items()
+                          if name != "leftovers")
+        progress(f"{label}: {shown}")
+        if figures.get("leftovers"):
+            progress(f"{label}: {figures['leftovers']} process(es) outlived the "
+                     "launcher and were killed")
+        if run.repetition:
+            samples.add(run.key, figures)
+    return samples
+
+
+# ------------------------------------------------------------ report
+
+
+def floor_table(samples: Samples, sizes: list[int]) -> str:
+    rows = []
+    for ranks in sizes:
+        key = ("floor", "floor", ranks)
+        rows.append([str(ranks), cell(samples.summary(key, "wall")),
+                     cell(samples.summary(key, "startup")),
+                     cell(samples.summary(key, "exit")), samples.count(key)])
+    return table(["N", "wall time", "launch → last rank imported",
+                  "last stamp → launcher exit", "runs ok"], rows)
+
+
+def _with_ratio(summary: Summary | None, reference: float | None) -> str:
+    if reference is None:
+        return cell(summary)
+    return f"{cell(summary)} {ratio_cell(ratio(median_of(summary), reference))}"
+
+
+def batch_table(samples: Samples, sizes: list[int], variants: list[str]) -> str:
+    rows = []
+    for ranks in sizes:
+        floor_wall = samples.median(("floor", "floor", ranks), "wall")
+        reference_key = ("batch", "established", ranks)
+        reference_over = _over(samples.median(reference_key, "wall"), floor_wall)
+        for variant in variants:
+            key = ("batch", variant, ranks)
+            compare = variant != "established" and reference_key in samples.attempts
+            figures = []
+            for figure in ("startup", "exit", "wall"):
+                reference = samples.median(reference_key, figure) if compare else None
+                figures.append(_with_ratio(samples.summary(key, figure), reference))
+            over = _over(samples.median(key, "wall"), floor_wall)
+            over_cell = "n/a" if over is None else f"{over:.2f} s"
+            if compare and over is not None:
+                over_cell += f" {ratio_cell(ratio(over, reference_over))}"
+            rows.append([str(ranks), VARIANT_LABELS[variant], *figures, over_cell,
+                         samples.count(key)])
+    return table(["N", "package", "launch → first result", "client end → launcher exit",
+                  "wall time", "wall time over floor (medians)", "runs ok"], rows)
+
+
+def _over(value: float | None, floor: float | None) -> float | None:
+    return None if value is None or floor is None else value - floor
+
+
+def cli_table(samples: Samples, sizes: list[int], variants: list[str]) -> str:
+    rows = []
+    for ranks in sizes:
+        reference_key = ("cli", "established", ranks)
+        for variant in variants:
+            key = ("cli", variant, ranks)
+            compare = variant != "established" and reference_key in samples.attempts
+            figures = []
+            for figure in ("startup", "exit"):
+                reference = samples.median(reference_key, figure) if compare else None
+                figures.append(_with_ratio(samples.summary(key, figure), reference))
+            label = "ours" if variant == "ours" else VARIANT_LABELS[variant]
+            rows.append([str(ranks), label, *figures, samples.count(key)])
+    return table(["N", "package", "launch → client sees N-1 workers",
+                  "Client.shutdown() → launcher exit", "runs ok"], rows)
+
+
+def steady_table(samples: Samples, tasks: int, size: int) -> str:
+    local = ("steady", "local", STEADY_RANKS)
+    rows = []
+    for variant in ("local", "ours", "ours-notls"):
+        key = ("steady", variant, STEADY_RANKS)
+        row = [VARIANT_LABELS[variant]]
+        for figure in ("tasks", "array"):
+            summary = samples.summary(key, figure)
+            speed = ratio(samples.median(local, figure), median_of(summary))
+            row += [cell(summary), "1.00" if variant == "local" else
+                    ratio_cell(speed).lstrip("×")]
+        row.append(samples.count(key))
+        rows.append(row)
+    return table(["cluster", f"{tasks:,} tiny tasks", "throughput vs LocalCluster",
+                  f"({size}×{size} random + transpose).sum()",
+                  "throughput vs LocalCluster", "runs ok"], rows)
+
+
+def growth_figures(samples: Samples, args: argparse.Namespace) -> dict:
+    sizes = args.growth_sizes
+    phase = f"growth-{args.growth_job}"
+    floor = lambda ranks: ("floor", "floor", ranks)  # noqa: E731
+    job = lambda ranks: (phase, "ours", ranks)  # noqa: E731
+    return {
+        "floor_startup": slope(samples.points(floor, sizes, "startup")),
+        "floor_wall": slope(samples.points(floor, sizes, "wall")),
+        "job_startup": slope(samples.points(job, sizes, "startup")),
+        "job_wall": slope(samples.points(job, sizes, "wall")),
+    }
+
+
+def growth_table(samples: Samples, args: argparse.Namespace) -> str:
+    phase = f"growth-{args.growth_job}"
+    startup_name = ("launch → first result" if args.growth_job == "batch"
+                    else "launch → client sees N-1 workers")
+    rows = []
+    for ranks in args.growth_sizes:
+        floor = ("floor", "floor", ranks)
+        job = (phase, "ours", ranks)
+        rows.append([str(ranks), cell(samples.summary(floor, "startup")),
+                     cell(samples.summary(job, "startup")),
+                     cell(samples.summary(floor, "wall")),
+                     cell(samples.summary(job, "wall")), samples.count(job)])
+    slopes = growth_figures(samples, args)
+
+    def per_rank(value: float | None) -> str:
+        return "n/a" if value is None else f"**{value * 1000:.0f} ms/rank**"
+
+    rows.append([
+        "slope", per_rank(slopes["floor_startup"]),
+        f"{per_rank(slopes['job_startup'])} "
+        f"{ratio_cell(ratio(slopes['job_startup'], slopes['floor_startup']))}",
+        per_rank(slopes["floor_wall"]),
+        f"{per_rank(slopes['job_wall'])} "
+        f"{ratio_cell(ratio(slopes['job_wall'], slopes['floor_wall']))}",
+        "",
+    ])
+    return table(["N", "floor: launch → last rank imported",
+                  f"{args.growth_job} job: {startup_name}", "floor: wall time",
+                  f"{args.growth_job} job: wall time", "runs ok"], rows)
+
+
+def _verdict(passed: bool | None) -> str:
+    return "not measured" if passed is None else ("pass" if passed else "**FAIL**")
+
+
+def target_rows(samples: Samples, args: argparse.Namespace) -> list[list[str]]:
+    rows = []
+    if "batch" in args.phases:
+        for ranks in (4, 8):
+            if ranks not in args.batch_sizes:
+                continue
+            floor = samples.median(("floor", "floor", ranks), "wall")
+            ours = _over(samples.median(("batch", "ours", ranks), "wall"), floor)
+            theirs = _over(samples.median(("batch", "established", ranks), "wall"),
+                           floor)
+            value = ratio(ours, theirs)
+            measured = ("n/a" if ours is None or theirs is None else
+                        f"{ours:.2f} s vs {theirs:.2f} s: {ratio_cell(value)}")
+            rows.append([f"batch job wall time over floor, N={ranks}",
+                         f"≤ {TARGET_COST_OVER_FLOOR}× established", measured,
+                         _verdict(None if value is None else
+                                  value <= TARGET_COST_OVER_FLOOR)])
+        for ranks in args.batch_sizes:
+            floor_exit = samples.median(("floor", "floor", ranks), "exit")
+            ours = samples.median(("batch", "ours", ranks), "exit")
+            known = ours is not None and floor_exit is not None
+            limit = "n/a" if floor_exit is None else (
+                f"≤ {floor_exit + TARGET_EXIT_OVER_FLOOR:.2f} s "
+                f"(floor exit {floor_exit:.2f} + {TARGET_EXIT_OVER_FLOOR})")
+            rows.append([f"batch client end → launcher exit, N={ranks}", limit,
+                         "n/a" if ours is None else f"{ours:.2f} s",
+                         _verdict(ours <= floor_exit + TARGET_EXIT_OVER_FLOOR
+                                  if known else None)])
+    if "cli" in args.phases:
+        for ranks in args.cli_sizes:
+            ours = samples.median(("cli", "ours", ranks), "exit")
+            rows.append([f"CLI Client.shutdown() → launcher exit, N={ranks}",
+                         f"≤ {TARGET_CLI_SHUTDOWN} s",
+                         "n/a" if ours is None else f"{ours:.2f} s",
+                         _verdict(None if ours is None else
+                                  ours <= TARGET_CLI_SHUTDOWN)])
+    if "steady" in args.phases:
+        local = ("steady", "local", STEADY_RANKS)
+        for variant in ("ours", "ours-notls"):
+            for figure, name in (("tasks", "tiny tasks"), ("array", "array reduction")):
+                speed = ratio(samples.median(local, figure),
+                              samples.median(("steady", variant, STEADY_RANKS), figure))
+                rows.append([f"steady state {name}, {VARIANT_LABELS[variant]}",
+                             f"≥ {TARGET_STEADY_STATE}× LocalCluster",
+                             ratio_cell(speed),
+                             _verdict(None if speed is None else
+                                      speed >= TARGET_STEADY_STATE)])
+    if "growth" in args.phases:
+        slopes = growth_figures(samples, args)
+        value = ratio(slopes["job_startup"], slopes["floor_startup"])
+        measured = "n/a" if value is None else (
+            f"{slopes['job_startup'] * 1000:.0f} vs "
+            f"{slopes['floor_startup'] * 1000:.0f} ms/rank: {ratio_cell(value)}")
+        rows.append([f"start-up cost per extra rank ({args.growth_job} job)",
+                     f"≤ {TARGET_RANK_SLOPE}× floor's", measured,
+                     _verdict(None if value is None else value <= TARGET_RANK_SLOPE)])
+    return rows
+
+
+def build_report(samples: Samples, args: argparse.Namespace, established: str | None,
+                 elapsed: float) -> str:
+    variants = ["ours", "ours-notls"] + (["established"] if args.established else [])
+    cli_variants = ["ours"] + (["established"] if args.established else [])
+    floor_sizes = sorted(set(args.batch_sizes if "batch" in args.phases else [])
+                         | set(args.growth_sizes if "growth" in args.phases else []))
+    machine = _report.machine_description(REPOSITORY, established)
+    command = " ".join(["python", "bench/startup.py", *sys.argv[1:]])
+    parts = [
+        "# Benchmarks: start-up, shutdown and steady state",
+        "",
+        f"Written by `{command}` (run inside `unshare -n` with only the loopback "
+        f"interface up) in {elapsed / 60:.1f} minutes. Each cell is the median "
+        f"of {args.reps} run(s) with the minimum and maximum in brackets; a "
+        "`×` figure is the ratio of medians to the established package's (or, "
+        "for steady state, LocalCluster's throughput over ours) from the same "
+        "run. Times are `time.time()` stamps: launch is taken just before the "
+        "launcher starts, launcher exit when `waitpid` returns, and the other "
+        "stamps are printed by the job (see `bench/jobs/`). One unrecorded "
+        "warm-up run of each kind comes first"
+        + (" (left out with --no-warmup)." if args.no_warmup else "."),
+        "",
+        "## Machine",
+        "",
+        table(["", ""], [[name, value] for name, value in machine]),
+        "",
+        f"Processes that outlived their launcher (killed after "
+        f"{_runner.EXIT_GRACE:.0f} s): {samples.leftovers()}.",
+    ]
+    if floor_sizes:
+        parts += ["", "## Floor: `mpirun -np N python -c \"import distributed, "
+                  "mpi4py.MPI\"`", "", "The job prints a stamp after the imports on "
+                  "every rank; start-up and exit are measured from the last rank's.",
+                  "", floor_table(samples, floor_sizes)]
+    if "batch" in args.phases:
+        parts += ["", "## Tiny batch job", "", "`initialize()`, `Client()`, one "
+                  "task (`bench/jobs/batch_tiny.py`). Client end is the script's "
+                  "last statement, after `client.close()`. Wall time over floor "
+                  "is the job's median wall time less the floor's at the same N.",
+                  "", batch_table(samples, args.batch_sizes, variants)]
+    if "cli" in args.phases:
+        parts += ["", "## `dask-mpi` command", "", "`mpirun -np N dask-mpi "
+                  "--scheduler-file F` with default options; the benchmark "
+                  "process connects as the outside client.", "",
+                  cli_table(samples, args.cli_sizes, cli_variants)]
+    if "steady" in args.phases:
+        parts += ["", "## Steady state", "", f"`mpirun -np {STEADY_RANKS}` with "
+                  "`initialize(nthreads=1)`: 4 workers of 1 thread, the scheduler "
+                  "and the client in processes of their own. LocalCluster runs its "
+                  "scheduler in the client's process and its 4 workers under "
+                  "nannies. Each job warms up first; only the timed calls count.",
+                  "", steady_table(samples, args.steady_tasks, args.steady_size)]
+    if "growth" in args.phases:
+        parts += ["", "## Start-up growth", "", f"Ranks oversubscribe the "
+                  f"{os.cpu_count()} cores. The slope is a least-squares fit over "
+                  "every run, in milliseconds per extra rank, with its ratio to "
+                  "the floor's slope.", "", growth_table(samples, args)]
+    parts += ["", "## Targets", "", "Reported, not asserted; medians.", "",
+              table(["target", "limit", "measured", "result"],
+                    target_rows(samples, args)), ""]
+    return "\n".join(parts)
+
+
+def write_report(path: Path, report: str) -> None:
+    """Write ``report`` to ``path``, keeping a Notes section already there."""
+    notes = ""
+    if path.exists():
+        text = path.read_text()
+        index = text.find(f"\n{NOTES_HEADING}\n")
+        if index >= 0:
+            notes = text[index:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.rstrip("\n") + "\n" + notes)
+
+
+# ------------------------------------------------------------ command line
+
+
+def sizes(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid size list {text!r}: expected integers separated by commas"
+        ) from None
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError(
+            f"invalid size list {text!r}: expected rank counts of at least 2")
+    return values
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark dask-mpi's start-up, shutdown and steady state "
+        "against the floor (mpirun and the imports), the established dask-mpi "
+        "package and LocalCluster. Run inside `unshare -n` (see the docstring).")
+    parser.add_argument("--reps", type=int, help="Recorded repetitions of each "
+                        "figure (default 5, 1 with --quick).")
+    parser.add_argument("--quick", action="store_true", help="Smoke test: 1 "
+                        "repetition, no warm-up, the smallest sizes and a smaller "
+                        "steady-state load.")
+    parser.add_argument("--batch-sizes", type=sizes, help="Ranks of the tiny batch "
+                        "job and its floor (default 3,4,6,8; --quick: 3). Minimum 3.")
+    parser.add_argument("--cli-sizes", type=sizes, help="Ranks of the dask-mpi "
+                        "command (default 4,8; --quick: 4).")
+    parser.add_argument("--growth-sizes", type=sizes, help="Ranks of the growth "
+                        "fit (default 3,4,8,16,24,32 for the batch job and "
+                        "2,4,8,16,24,32 for the CLI; --quick: up to 8).")
+    parser.add_argument("--growth-job", choices=("batch", "cli"), default="batch",
+                        help="Job whose start-up growth is fitted (default batch).")
+    parser.add_argument("--steady-tasks", type=int, help="Tiny tasks in the steady "
+                        "state (default 20000; --quick: 2000).")
+    parser.add_argument("--steady-size", type=int, help="Side of the square random "
+                        "array in the steady state (default 4000; --quick: 1000).")
+    parser.add_argument("--phases", default="batch,cli,steady,growth",
+                        help="Comma-separated phases to run (default "
+                        "batch,cli,steady,growth).")
+    parser.add_argument("--no-established", dest="established",
+                        action="store_false", help="Leave out the established "
+                        "package and its virtual environment.")
+    parser.add_argument("--established-version", default=ESTABLISHED_VERSION,
+                        help=f"dask-mpi version from PyPI to compare with (default "
+                        f"{ESTABLISHED_VERSION}).")
+    parser.add_argument("--established-venv", type=Path,
+                        default=DEFAULT_ESTABLISHED_VENV, help="Virtual environment "
+                        "of the established package; created if missing (default "
+                        "bench/.venv-established).")
+    parser.add_argument("--no-warmup", action="store_true", help="Skip the "
+                        "unrecorded warm-up runs (implied by --quick).")
+    parser.add_argument("--timeout", type=float, default=180.0, help="Seconds "
+                        "before one job's processes are killed (default 180).")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help="Markdown file for the tables (default "
+                        "docs/benchmarks.md).")
+    args = parser.parse_args(argv)
+
+    phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    unknown = set(phases) - {"batch", "cli", "steady", "growth"}
+    if unknown or not phases:
+        parser.error(f"invalid --phases {args.phases!r}: expected a comma-separated "
+                     "subset of batch,cli,steady,growth")
+    args.phases = phases
+
+    quick = args.quick
+    if args.reps is None:
+        args.reps = 1 if quick else 5
+    if args.reps < 1:
+        parser.error(f"invalid --reps {args.reps}: expected at least 1")
+    args.no_warmup = args.no_warmup or quick
+    if args.batch_sizes is None:
+        args.batch_sizes = [3] if quick else [3, 4, 6, 8]
+    if min(args.batch_sizes) < 3:
+        parser.error(f"invalid --batch-sizes {args.batch_sizes}: initialize() needs "
+                     "at least 3 ranks (scheduler, client, worker)")
+    if args.cli_sizes is None:
+        args.cli_sizes = [4] if quick else [4, 8]
+    if args.growth_sizes is None:
+        smallest = 3 if args.growth_job == "batch" else 2
+        args.growth_sizes = [smallest, 4, 8] if quick else [smallest, 4, 8, 16, 24, 32]
+    if args.growth_job == "batch" and min(args.growth_sizes) < 3:
+        parser.error(f"invalid --growth-sizes {args.growth_sizes}: the batch job "
+                     "needs at least 3 ranks; use --growth-job cli for 2")
+    if len(set(args.growth_sizes)) < 2 and "growth" in args.phases:
+        parser.error("invalid --growth-sizes: a slope needs at least 2 sizes")
+    if args.steady_tasks is None:
+        args.steady_tasks = 2000 if quick else 20_000
+    if args.steady_size is None:
+        args.steady_size = 1000 if quick else 4000
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    problem = _runner.namespace_problem()
+    if problem is not None:
+        if os.geteuid() != 0:
+            raise SystemExit(
+                f"startup.py: not in a loopback-only network namespace ({problem}). "
+                "Run it as: unshare -n bash -c 'ip link set lo up; python "
+                "bench/startup.py ...' (needs root)")
+        progress(f"{problem}; re-executing under unshare -n")
+        _runner.reexec_in_namespace([sys.executable, str(Path(__file__).resolve()),
+                                     *argv])
+
+    environments = {"ours": own_environment()}
+    if args.established and ({"batch", "cli"} & set(args.phases)):
+        environments["established"] = established_environment(
+            args.established_venv.resolve(), args.established_version)
+    else:
+        args.established = False
+
+    plan = build_plan(args)
+    progress(f"{len(plan)} jobs planned")
+    started = time.monotonic()
+    samples = run_plan(plan, args, environments)
+    elapsed = time.monotonic() - started
+
+    report = build_report(samples, args,
+                          established_description(environments.get("established")),
+                          elapsed)
+    print(report)
+    write_report(args.output, report)
+    progress(f"wrote {args.output}")
+    failed = sum(samples.failures.values())
+    if failed:
+        progress(f"{failed} recorded job(s) failed; see the messages above")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
