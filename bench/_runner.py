@@ -56,6 +56,17 @@ class JobResult:
     observed: dict[str, float] = field(default_factory=dict)
     # The exception that the observer raised; the job was then killed.
     observer_error: str | None = None
+    # CPU seconds of the job's processes (reaped descendants included) and of
+    # the whole machine, from launch to launcher exit.
+    job_cpu: float = 0.0
+    machine_cpu: float = 0.0
+
+    @property
+    def foreign_load(self) -> float:
+        """Cores kept busy by other processes while the job ran, on average."""
+        if self.wall <= 0:
+            return 0.0
+        return max(0.0, self.machine_cpu - self.job_cpu) / self.wall
 
     @property
     def wall(self) -> float:
@@ -161,6 +172,8 @@ def run_job(
     exit_time: list[float] = []
 
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        machine_before = machine_cpu_seconds()
+        own_before = _own_cpu_seconds()
         launched = time.time()
         popen = subprocess.Popen(
             list(command),
@@ -171,21 +184,33 @@ def run_job(
             start_new_session=True,
         )
 
+        job_cpu: list[float] = []
+
         def wait_for_exit() -> None:
-            popen.wait()
+            # wait4 instead of Popen.wait, for the rusage of the launcher and
+            # of every descendant it reaped.
+            _, status, usage = os.wait4(popen.pid, 0)
             exit_time.append(time.time())
+            popen.returncode = os.waitstatus_to_exitcode(status)
+            job_cpu.append(usage.ru_utime + usage.ru_stime)
 
         waiter = threading.Thread(target=wait_for_exit, daemon=True)
         waiter.start()
         observed: dict[str, float] = {}
         observer_error = None
         try:
-            if observe is not None:
-                observed = observe(lambda: bool(exit_time))
-        except Exception as error:  # noqa: BLE001 - reported in the result
-            observer_error = f"{type(error).__name__}: {error}"
-        if observer_error is None:
-            waiter.join(max(0.0, launched + timeout - time.time()))
+            try:
+                if observe is not None:
+                    observed = observe(lambda: bool(exit_time))
+            except Exception as error:  # noqa: BLE001 - reported in the result
+                observer_error = f"{type(error).__name__}: {error}"
+            if observer_error is None:
+                waiter.join(max(0.0, launched + timeout - time.time()))
+        except BaseException:
+            # KeyboardInterrupt or SystemExit from a signal handler: leave no
+            # rank behind.
+            _signal_job(popen.pid, tag, signal.SIGKILL)
+            raise
         killed = waiter.is_alive()
         if killed:
             _signal_job(popen.pid, tag, signal.SIGTERM)
@@ -193,6 +218,10 @@ def run_job(
                 _signal_job(popen.pid, tag, signal.SIGKILL)
             waiter.join()
 
+        machine_cpu = machine_cpu_seconds() - machine_before
+        # The observer's work in this process, such as the outside client,
+        # belongs to the job too.
+        own_cpu = _own_cpu_seconds() - own_before
         leftover = _wait_until_gone(popen.pid, tag, EXIT_GRACE)
         if leftover:
             _signal_job(popen.pid, tag, signal.SIGKILL)
@@ -211,7 +240,46 @@ def run_job(
             leftover_processes=len(leftover),
             observed=observed,
             observer_error=observer_error,
+            job_cpu=job_cpu[0] + own_cpu,
+            machine_cpu=machine_cpu,
         )
+
+
+# ------------------------------------------------------------ machine load
+
+
+def machine_cpu_seconds() -> float:
+    """Return the CPU seconds all cores spent busy since boot (``/proc/stat``).
+
+    Busy is user, nice, system, irq, softirq and steal time; idle and iowait
+    are left out. ``/proc/stat`` is not namespaced, so this counts every
+    process on the machine.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    ticks = user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def wait_for_idle(max_load: float, window: float, timeout: float) -> float:
+    """Wait until the machine's busy cores, over ``window`` s, are <= ``max_load``.
+
+    Returns the last load seen, which is above ``max_load`` when ``timeout``
+    seconds passed first. Other sessions' jobs on a shared machine would
+    otherwise land in the figures.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        before = machine_cpu_seconds()
+        time.sleep(window)
+        load = (machine_cpu_seconds() - before) / window
+        if load <= max_load or time.monotonic() >= deadline:
+            return load
 
 
 def job_environment(bin_dir: Path) -> dict[str, str]:

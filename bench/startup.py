@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -208,6 +209,7 @@ def measure_floor(environment: Environment, ranks: int, timeout: float) -> dict:
         "startup": imported - result.launched,
         "exit": result.exited - imported,
         "leftovers": result.leftover_processes,
+        "foreign": result.foreign_load,
     }
 
 
@@ -224,6 +226,7 @@ def measure_batch(
         "startup": result.last_stamp("first-result") - result.launched,
         "exit": result.exited - result.last_stamp("client-end"),
         "leftovers": result.leftover_processes,
+        "foreign": result.foreign_load,
     }
 
 
@@ -278,6 +281,7 @@ def measure_cli(environment: Environment, ranks: int, timeout: float) -> dict:
         "startup": result.observed["ready"] - result.launched,
         "exit": result.exited - result.observed["shutdown"],
         "leftovers": result.leftover_processes,
+        "foreign": result.foreign_load,
     }
 
 
@@ -298,6 +302,7 @@ def measure_steady(
         "tasks": result.result("tasks"),
         "array": result.result("array"),
         "leftovers": result.leftover_processes,
+        "foreign": result.foreign_load,
     }
 
 
@@ -412,9 +417,39 @@ class Samples:
         attempts = self.attempts.get(key, 0)
         return f"{attempts - self.failures.get(key, 0)}/{attempts}"
 
+    def all_values(self, figure: str) -> list[float]:
+        return [value for figures in self.values.values()
+                for value in figures.get(figure, [])]
+
     def leftovers(self) -> int:
         return int(sum(sum(figures.get("leftovers", [])) for figures in
                        self.values.values()))
+
+
+def run_when_quiet(run: Run, label: str, args: argparse.Namespace,
+                   environments: dict) -> dict | None:
+    """Run one job on a quiet machine; return its figures, or None if it failed.
+
+    Before each try this waits up to ``--idle-timeout`` s for other processes
+    to use at most ``--max-load`` cores. A job during which they used more is
+    run again, up to ``--load-retries`` times, and the last try is kept.
+    """
+    for attempt in range(args.load_retries + 1):
+        if args.idle_timeout > 0:
+            load = _runner.wait_for_idle(args.max_load, 0.5, args.idle_timeout)
+            if load > args.max_load:
+                progress(f"{label}: the machine is still busy ({load:.2f} cores) "
+                         f"after {args.idle_timeout:.0f} s; running anyway")
+        try:
+            figures = execute(run, args, environments)
+        except (_runner.JobFailed, subprocess.SubprocessError, OSError) as error:
+            progress(f"{label}: FAILED\n{error}")
+            return None
+        if figures["foreign"] <= args.max_load or attempt == args.load_retries:
+            return figures
+        progress(f"{label}: other processes used {figures['foreign']:.2f} cores "
+                 "during the job; running it again")
+    raise AssertionError("unreachable")
 
 
 def run_plan(plan: list[Run], args: argparse.Namespace, environments: dict) -> Samples:
@@ -422,10 +457,8 @@ def run_plan(plan: list[Run], args: argparse.Namespace, environments: dict) -> S
     for index, run in enumerate(plan, start=1):
         label = (f"[{index}/{len(plan)}] {run.phase} {run.variant} N={run.ranks} "
                  f"{'warm-up' if run.repetition == 0 else f'rep {run.repetition}'}")
-        try:
-            figures = execute(run, args, environments)
-        except (_runner.JobFailed, subprocess.SubprocessError, OSError) as error:
-            progress(f"{label}: FAILED\n{error}")
+        figures = run_when_quiet(run, label, args, environments)
+        if figures is None:
             if run.repetition:
                 samples.fail(run.key)
             continue
@@ -657,6 +690,8 @@ def build_report(samples: Samples, args: argparse.Namespace, established: str | 
         "",
         f"Processes that outlived their launcher (killed after "
         f"{_runner.EXIT_GRACE:.0f} s): {samples.leftovers()}.",
+        "",
+        load_sentence(samples, args),
     ]
     if floor_sizes:
         parts += ["", "## Floor: `mpirun -np N python -c \"import distributed, "
@@ -690,6 +725,23 @@ def build_report(samples: Samples, args: argparse.Namespace, established: str | 
               table(["target", "limit", "measured", "result"],
                     target_rows(samples, args)), ""]
     return "\n".join(parts)
+
+
+def load_sentence(samples: Samples, args: argparse.Namespace) -> str:
+    """Describe how busy other processes kept the machine during the jobs."""
+    loads = samples.all_values("foreign")
+    if not loads:
+        return "No job succeeded, so no load of other processes was recorded."
+    summary = Summary.of(loads)
+    busy = sum(load > args.max_load for load in loads)
+    return (
+        "Other processes on the machine (from `/proc/stat` less the jobs' own "
+        f"CPU time) kept {summary.median:.2f} cores busy on median during the "
+        f"recorded jobs, at most {summary.maximum:.2f}. Each job waited for "
+        f"a load of at most {args.max_load} cores before it started and was run "
+        f"again, up to {args.load_retries} times, when the load during it was "
+        f"higher; {busy} of {len(loads)} recorded jobs still saw more."
+    )
 
 
 def write_report(path: Path, report: str) -> None:
@@ -758,6 +810,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "bench/.venv-established).")
     parser.add_argument("--no-warmup", action="store_true", help="Skip the "
                         "unrecorded warm-up runs (implied by --quick).")
+    parser.add_argument("--max-load", type=float, default=0.3, help="Cores that "
+                        "other processes may keep busy before and during a job "
+                        "(default 0.3).")
+    parser.add_argument("--idle-timeout", type=float, help="Seconds to wait for "
+                        "the machine to fall to --max-load before each job; 0 "
+                        "skips the wait (default 120; --quick: 0).")
+    parser.add_argument("--load-retries", type=int, help="Extra runs of a job "
+                        "during which other processes exceeded --max-load "
+                        "(default 2; --quick: 0).")
     parser.add_argument("--timeout", type=float, default=180.0, help="Seconds "
                         "before one job's processes are killed (default 180).")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
@@ -793,6 +854,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                      "needs at least 3 ranks; use --growth-job cli for 2")
     if len(set(args.growth_sizes)) < 2 and "growth" in args.phases:
         parser.error("invalid --growth-sizes: a slope needs at least 2 sizes")
+    if args.idle_timeout is None:
+        args.idle_timeout = 0.0 if quick else 120.0
+    if args.load_retries is None:
+        args.load_retries = 0 if quick else 2
     if args.steady_tasks is None:
         args.steady_tasks = 2000 if quick else 20_000
     if args.steady_size is None:
@@ -802,6 +867,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # SystemExit lets the running job's cleanup kill its ranks.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     problem = _runner.namespace_problem()
     if problem is not None:
         if os.geteuid() != 0:

@@ -385,7 +385,10 @@ async def _start_scheduler(job: Job) -> Any:
         identity = _security.file_identity(scheduler, job.security)
         _scheduler.write_scheduler_file(job.options.scheduler_file, identity)
     await _async_share(job, scheduler)
-    for line in _scheduler.summary(scheduler, job.infos, job.rank, job.loopback):
+    lines = _scheduler.summary(
+        scheduler, job.infos, job.rank, job.loopback, cli=job.mode is Mode.CLI
+    )
+    for line in lines:
         logger.info("%s", line)
     return scheduler
 

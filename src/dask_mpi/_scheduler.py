@@ -58,6 +58,15 @@ def dashboard_address(options: Options, host: str | None) -> str | None:
     return f"{bind_host}:0"
 
 
+def _interface_ip(options: Options) -> str | None:
+    """Return the address of the named interface, so the dashboard binds there."""
+    if not options.interface:
+        return None
+    from distributed.utils import get_ip_interface
+
+    return get_ip_interface(options.interface)
+
+
 async def start_scheduler(options: Options, host: str | None, security: Any) -> Any:
     """Start a distributed Scheduler and return it once it listens."""
     from distributed import Scheduler
@@ -66,7 +75,7 @@ async def start_scheduler(options: Options, host: str | None, security: Any) -> 
         port=options.scheduler_port or 0,
         protocol=options.protocol,
         dashboard=options.dashboard,
-        dashboard_address=dashboard_address(options, host),
+        dashboard_address=dashboard_address(options, host or _interface_ip(options)),
         security=security,
     )
     if options.interface:
@@ -126,6 +135,7 @@ def summary(
     infos: Sequence[RankInfo],
     rank: int,
     loopback: bool,
+    cli: bool = False,
 ) -> list[str]:
     """Return the start-up summary lines of the scheduler rank."""
     host = infos[rank].host
@@ -144,6 +154,12 @@ def summary(
                 f"From a login node: ssh -L {port}:{host}:{port} LOGIN_NODE, "
                 f"then open http://localhost:{port}/status"
             )
+    if not scheduler.address.startswith(("tls://", "wss://")):
+        advice = "restart with --tls" if cli else "leave security at its default"
+        lines.append(
+            "The transport is unauthenticated: anyone who can reach the "
+            f"scheduler's port can run code as you; {advice} to require TLS."
+        )
     return lines
 
 

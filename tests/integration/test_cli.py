@@ -7,6 +7,7 @@ with ``Client.shutdown()`` or a signal to mpirun.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from mpirun import MPIJob, Result, assert_clean, assert_no_leftover_processes
 
 pytestmark = pytest.mark.mpi
 
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TIMEOUT = 60
 # describe_cluster sums the squares of 0..9.
 SUM_OF_SQUARES = 285
@@ -260,14 +262,33 @@ def test_cli_scheduler_port(start_mpi, tmp_path):
 
 # ---------------------------------------------------------------- joining
 
+# Logged by a --no-scheduler rank each time its workers have started.
+JOINED = "Joined the scheduler at"
+# Printed by slow_preload.py in a worker process that is still starting.
+PRELOAD_DELAYING = "slow preload: delaying the worker start"
+SLOW_PRELOAD_OPTIONS = json.dumps({"preload": [str(SCRIPTS / "slow_preload.py")]})
+
+
+def start_joining_job(start_mpi, scheduler_file: Path, *options: str) -> MPIJob:
+    return start_mpi(
+        [
+            "dask-mpi", "--no-scheduler", "--scheduler-file", str(scheduler_file),
+            *options,
+        ],
+        np=1,
+    )
+
+
+def shut_down(scheduler_file: Path) -> None:
+    with Client(scheduler_file=str(scheduler_file), timeout=TIMEOUT) as client:
+        client.shutdown()
+
 
 def test_cli_no_scheduler_rejoins(start_mpi, tmp_path):
     scheduler_file = tmp_path / "scheduler.json"
     first = start_cluster(start_mpi, scheduler_file, np=4)
-    joined = start_mpi(
-        ["dask-mpi", "--no-scheduler", "--scheduler-file", str(scheduler_file)],
-        np=1,
-    )
+    joined = start_joining_job(start_mpi, scheduler_file)
+    joined.wait_for_output(JOINED, timeout=TIMEOUT)
 
     with Client(scheduler_file=str(scheduler_file), timeout=TIMEOUT) as client:
         client.wait_for_workers(4, timeout=TIMEOUT)
@@ -277,6 +298,7 @@ def test_cli_no_scheduler_rejoins(start_mpi, tmp_path):
 
     # A new cluster on the same file; the joined worker finds it there.
     second = start_cluster(start_mpi, scheduler_file, np=2)
+    joined.wait_for_output(f"(?s){JOINED}.*{JOINED}", timeout=TIMEOUT)
     with Client(scheduler_file=str(scheduler_file), timeout=TIMEOUT) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
         second_names = names_in(client)
@@ -289,7 +311,7 @@ def test_cli_no_scheduler_rejoins(start_mpi, tmp_path):
     joined_names = [name for name in first_names if name not in own_names]
     assert len(joined_names) == 1, first_names
     joined_name = joined_names[0]
-    # The joining rank 0 is named apart from the cluster's dask_mpi-0 slot.
+    # The joining rank 0 is named apart from any name the cluster could use.
     assert re.fullmatch(r"dask_mpi-0-\w+", joined_name), first_names
     assert sorted(own_names + [joined_name]) == first_names
     assert_job_ended(first_result)
@@ -299,6 +321,66 @@ def test_cli_no_scheduler_rejoins(start_mpi, tmp_path):
     assert_job_ended(second_result)
     assert_job_ended(joined_result, code=EXIT_SIGTERM)
     assert not scheduler_file.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "SIGTERM while a --no-scheduler rank's Nanny is starting kills the "
+        "worker process; the Nanny's start error escapes join(), so the rank "
+        "logs a traceback and calls MPI_Abort(1) instead of exiting 143"
+    ),
+)
+def test_cli_no_scheduler_sigterm_during_join(start_mpi, tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"
+    cluster = start_cluster(start_mpi, scheduler_file, np=2)
+    joined = start_joining_job(
+        start_mpi, scheduler_file, "--worker-options", SLOW_PRELOAD_OPTIONS
+    )
+    joined.wait_for_output(PRELOAD_DELAYING, timeout=TIMEOUT)
+
+    joined_result = joined.stop(signal.SIGTERM, timeout=TIMEOUT)
+    shut_down(scheduler_file)
+    cluster_result = cluster.wait(TIMEOUT)
+
+    assert_job_ended(cluster_result)
+    assert_job_ended(joined_result, code=EXIT_SIGTERM)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "when the scheduler goes away while a --no-scheduler rank's Nanny is "
+        "starting, the Nanny waits for the old address for ever: the rank "
+        "never joins the new scheduler in the file"
+    ),
+)
+def test_cli_no_scheduler_rejoins_after_early_loss(start_mpi, tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"
+    first = start_cluster(start_mpi, scheduler_file, np=2)
+    joined = start_joining_job(
+        start_mpi, scheduler_file, "--worker-options", SLOW_PRELOAD_OPTIONS
+    )
+    joined.wait_for_output(PRELOAD_DELAYING, timeout=TIMEOUT)
+
+    # The first scheduler goes away before the joining worker registered.
+    shut_down(scheduler_file)
+    first_result = first.wait(TIMEOUT)
+    second = start_cluster(start_mpi, scheduler_file, np=2)
+    with Client(scheduler_file=str(scheduler_file), timeout=TIMEOUT) as client:
+        second_address = client.scheduler.address
+        # Two preload delays of 3 s and two worker starts fit in 30 s.
+        client.wait_for_workers(2, timeout=30)
+        second_names = names_in(client)
+        joined.wait_for_output(f"{JOINED} {second_address}", timeout=TIMEOUT)
+        joined_result = joined.stop(signal.SIGTERM, timeout=TIMEOUT)
+        client.shutdown()
+    second_result = second.wait(TIMEOUT)
+
+    assert_job_ended(first_result)
+    assert len(second_names) == 2
+    assert_job_ended(second_result)
+    assert_job_ended(joined_result, code=EXIT_SIGTERM)
 
 
 # ---------------------------------------------------------------- bad input

@@ -1,4 +1,11 @@
-"""Ways for the client code of an ``initialize()`` or ``execute()`` job to end.
+"""Ways for a rank of an ``initialize()`` or ``execute()`` job to end.
+
+``leave_on_sigusr2()`` makes SIGUSR2 end any rank through ``os._exit(0)``,
+without MPI_Finalize, which MPICH's ``mpirun -disable-auto-cleanup`` (like
+srun) answers by leaving the other ranks running. A rank killed by a signal
+makes MPICH 5.0's mpirun kill the whole job even with that flag.
+
+Ways for the client code of an ``initialize()`` or ``execute()`` job to end.
 
 The endings scripts call ``run_action(ACTION)`` on the client rank. Every
 action that does not run the task load first prints ``client ready`` after
@@ -21,10 +28,11 @@ Actions:
 ``wait``
     Sleep up to 120 s with the Client open, so that the test can signal a
     rank or mpirun.
-``kill_worker``
-    SIGKILL the process of the highest-ranked worker while tasks run, then
-    wait for the results. Under a Nanny that is the worker process, which
-    the Nanny restarts; a plain Worker runs in the rank process itself.
+``kill_worker:SIGNAL``
+    Send SIGNAL (``KILL`` or ``USR2``) to the process of the highest-ranked
+    worker while tasks run, then wait for the results. Under a Nanny that
+    is the worker process, which the Nanny restarts; a plain Worker runs in
+    the rank process itself.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ import time
 TASK_COUNT = 3000
 TASK_SUM = 4_501_500
 WAIT_SECONDS = 120
+
+
+def leave_on_sigusr2() -> None:
+    """Make SIGUSR2 end this process at once with exit code 0."""
+    signal.signal(signal.SIGUSR2, lambda number, frame: os._exit(0))
 
 
 def increment(x: int) -> int:
@@ -66,17 +79,26 @@ def worker_pids(client) -> dict[str, int]:
     return {str(names[address]): pid for address, pid in pids.items()}
 
 
-def kill_worker_during_tasks(client) -> None:
-    """SIGKILL the highest-ranked worker's process while 40 tasks run."""
+def has_nanny(client, name: str) -> bool:
+    """Return whether the worker called ``name`` runs under a Nanny."""
+    workers = client.scheduler_info()["workers"].values()
+    return any(str(w["name"]) == name and w["nanny"] for w in workers)
+
+
+def kill_worker_during_tasks(client, number: int) -> None:
+    """Send signal ``number`` to the highest-ranked worker while 40 tasks run."""
     before = worker_pids(client)
     name = max(before, key=lambda text: int(text.rsplit("-", 1)[1]))
+    nanny = has_nanny(client, name)
     futures = client.map(slow_increment, range(40))
     time.sleep(0.5)
-    print(f"killing worker {name} pid {before[name]}", flush=True)
-    os.kill(before[name], signal.SIGKILL)
+    print(f"signalling worker {name} pid {before[name]}", flush=True)
+    os.kill(before[name], number)
     # 1 + 2 + ... + 40 = 820.
     total = sum(client.gather(futures))
     print(f"tasks sum {total}", flush=True)
+    if not nanny:
+        return
     client.wait_for_workers(len(before), timeout=30)
     after = worker_pids(client)
     print(f"worker {name} restarted {after.get(name) != before[name]}", flush=True)
@@ -98,8 +120,9 @@ def run_action(action: str) -> None:
     with Client() as client:
         result = client.submit(sum, [1, 2, 3]).result()
         print(f"client ready {result}", flush=True)
-        if action == "kill_worker":
-            kill_worker_during_tasks(client)
+        if action.startswith("kill_worker:"):
+            name = "SIG" + action.split(":", 1)[1]
+            kill_worker_during_tasks(client, signal.Signals[name])
             return
         if action == "wait":
             time.sleep(WAIT_SECONDS)

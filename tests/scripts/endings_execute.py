@@ -16,8 +16,9 @@ print(f"PID {MPI.COMM_WORLD.rank} {os.getpid()}", flush=True)
 
 from dask_mpi import execute  # noqa: E402
 
-from endings_actions import run_action  # noqa: E402
+from endings_actions import leave_on_sigusr2, run_action  # noqa: E402
 
+leave_on_sigusr2()
 kwargs = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
 execute(run_action, client_args=(sys.argv[1],), **kwargs)
 print(f"rank {MPI.COMM_WORLD.rank} returned", flush=True)

@@ -3,10 +3,10 @@
 Usage: ``mpirun -np N python security_batch.py KWARGS_JSON [--go-file PATH]
 [--key-file PATH]``.
 
-Every rank first records the sockets it listens on right after MPI started,
-before dask_mpi runs: those belong to the MPI library and the launcher (MPICH
-opens one per rank, and its mpirun leaks its own listening socket to every
-rank), so the test leaves them out when it checks dask's listeners.
+Every rank first records the sockets it listens on after MPI started and
+before dask_mpi runs. Those belong to the MPI library and the launcher, so the
+test leaves them out when it checks dask's listeners. MPICH 5.0 opens one per
+rank, and its mpirun leaks its own listening socket to every rank.
 
 The client rank prints ``TARGETS <json>`` with the scheduler and worker
 addresses. With ``--go-file`` it then waits until that file exists, so the
@@ -33,9 +33,9 @@ def listening_sockets() -> list[list]:
     """Return [ip, port] of every socket this process listens on."""
     connections = psutil.Process(os.getpid()).net_connections(kind="inet")
     return sorted(
-        [c.laddr.ip, c.laddr.port]
-        for c in connections
-        if c.status == psutil.CONN_LISTEN
+        [connection.laddr.ip, connection.laddr.port]
+        for connection in connections
+        if connection.status == psutil.CONN_LISTEN
     )
 
 
@@ -77,16 +77,14 @@ parser.add_argument("--key-file")
 arguments = parser.parse_args()
 
 # Sockets opened by MPI and the launcher, keyed by PID, from every rank.
-before_dask = dict(
-    MPI.COMM_WORLD.allgather((os.getpid(), listening_sockets()))
-)
+before_dask = dict(MPI.COMM_WORLD.allgather((os.getpid(), listening_sockets())))
 
-from dask_mpi import initialize  # noqa: E402
+from dask_mpi import initialize
 
 initialize(**json.loads(arguments.kwargs))
 
-import dask.config  # noqa: E402
-from distributed import Client  # noqa: E402
+import dask.config
+from distributed import Client
 
 with Client() as client:
     info = client.scheduler_info()
