@@ -172,6 +172,9 @@ async def close_cluster(
 ) -> None:
     """Close the workers, then the scheduler, then release the client ranks."""
     timeout = job.options.shutdown_timeout
+    started = time.monotonic()
+    if job.options.scheduler_file and job.address:
+        _scheduler.remove_scheduler_file(job.options.scheduler_file, job.address)
     if interrupt:
         await _interrupt_client(job, code, reason, decider)
     deadline = time.monotonic() + timeout
@@ -183,6 +186,7 @@ async def close_cluster(
 
     await _close_all(workers, timeout, reason)
     missing = await _collect_closed(job, followers, deadline)
+    logger.debug("Workers closed after %.3f s", time.monotonic() - started)
     if missing:
         listed = ", ".join(job.where(r) for r in missing)
         logger.error(
@@ -197,8 +201,7 @@ async def close_cluster(
     if scheduler is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(scheduler.close(reason=reason), timeout)
-    if job.options.scheduler_file and job.address:
-        _scheduler.remove_scheduler_file(job.options.scheduler_file, job.address)
+    logger.debug("Scheduler closed after %.3f s", time.monotonic() - started)
 
     clients = [r for r in others if r not in followers]
     requests = [job.world.post(message, r) for r in clients]
