@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
-from . import _scheduler, _worker
+from . import _child, _scheduler, _worker
 from ._client import LIFELINE_OP
 from ._launch import EXIT_FAILURE, Job, names_on, signal_text
 from ._layout import Role
@@ -371,6 +372,7 @@ async def _start_joined(job: Job, address: str) -> list[Any]:
     count = options.workers_per_rank
     memory = _nodes.memory_limit(options.memory_limit, job.infos, job.rank, count)
     directory = options.local_directory or _nodes.default_local_directory()
+    os.environ[_child.JOINING_VARIABLE] = "1"
     workers = []
     for name in names_on(job, job.rank):
         kwargs = _worker.worker_kwargs(
@@ -382,7 +384,9 @@ async def _start_joined(job: Job, address: str) -> list[Any]:
             job.host,
             job.security,
         )
-        workers.append(await _worker.start_worker(address, options, **kwargs))
+        worker = await _worker.start_worker(address, options, **kwargs)
+        _child.install(worker, joining=True)
+        workers.append(worker)
     logger.info("Joined the scheduler at %s", address)
     return workers
 
