@@ -10,7 +10,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._nodes import RankInfo
@@ -181,6 +181,31 @@ def worker_names(prefix: str, rank: int, workers_per_rank: int) -> list[str]:
     return [f"{prefix}-{rank}-{index}" for index in range(workers_per_rank)]
 
 
+def rank_ranges(ranks: Iterable[int]) -> str:
+    """Write sorted ranks compactly: 1-4,7,9-10."""
+    parts: list[str] = []
+    for rank in sorted(set(ranks)):
+        if parts and parts[-1].split("-")[-1] == str(rank - 1):
+            parts[-1] = parts[-1].split("-")[0] + f"-{rank}"
+        else:
+            parts.append(str(rank))
+    return ",".join(parts)
+
+
+def placement(ranks: Iterable[int], infos: Sequence[RankInfo]) -> str:
+    """Describe where ``ranks`` run: host, then ranks, per host."""
+    by_host: dict[str, list[int]] = {}
+    for rank in ranks:
+        by_host.setdefault(infos[rank].host, []).append(rank)
+    return "; ".join(
+        f"{host} rank {rank_ranges(found)}" for host, found in sorted(by_host.items())
+    )
+
+
+# Seconds between "joined so far" lines while a large job starts.
+_PROGRESS_PERIOD = 10.0
+
+
 async def wait_for_workers(
     scheduler: Any,
     names: dict[str, int],
@@ -189,11 +214,13 @@ async def wait_for_workers(
 ) -> list[int]:
     """Wait until the workers called ``names`` registered; return missing ranks.
 
-    Logs each rank as it joins at DEBUG, then one INFO line with the count
-    and the time, or a WARNING naming the ranks and hosts that are missing.
+    Logs each worker as it joins at DEBUG, the count so far every ten
+    seconds, then one INFO line with the count, the time and where the
+    workers run, or a WARNING naming the ranks and hosts that are missing.
     """
     started = time.monotonic()
     deadline = started + timeout
+    next_progress = started + _PROGRESS_PERIOD
     seen: set[str] = set()
     pause = 0.005
     while True:
@@ -201,30 +228,32 @@ async def wait_for_workers(
         for name in sorted(present & names.keys() - seen):
             logger.debug("Worker %s of rank %d joined", name, names[name])
         seen |= present & names.keys()
-        if len(seen) == len(names) or time.monotonic() > deadline:
+        now = time.monotonic()
+        if len(seen) == len(names) or now > deadline:
             break
+        if now > next_progress:
+            logger.info("Workers joined %d/%d so far", len(seen), len(names))
+            next_progress = now + _PROGRESS_PERIOD
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.05)
 
     elapsed = time.monotonic() - started
     missing = sorted({rank for name, rank in names.items() if name not in seen})
-    hosts = sorted({infos[rank].host for rank in names.values()})
     if not missing:
         logger.info(
-            "Workers joined %d/%d in %.1f s on %s",
+            "Workers joined %d/%d in %.1f s: %s",
             len(seen),
             len(names),
             elapsed,
-            ", ".join(hosts),
+            placement(set(names.values()), infos),
         )
         return []
-    listed = ", ".join(f"rank {r} on {infos[r].host}" for r in missing)
     logger.warning(
         "Workers joined %d/%d; after %.0f s (mpi.startup-timeout) none from %s. "
         "The cluster goes on with the workers that joined.",
         len(seen),
         len(names),
         timeout,
-        listed,
+        placement(missing, infos),
     )
     return missing
