@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any
 from . import _logs, _nodes, _scale, _scheduler, _security, _worker
 from ._layout import Layout, Role, plan
 from ._options import Mode, Options, Style, resolve
-from ._world import TAG_DATA, World, check_launcher
+from ._world import TAG_DATA, Channel, World, check_launcher
 from .exceptions import DaskMPIError, StartupError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,6 @@ logger = logging.getLogger(__name__)
 # Exit codes besides 0 and 128+signal.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-# How often a rank that waits for a lost scheduler checks that it answers,
-# and how many failed checks in a row mean it is gone.
-_LIVENESS_PERIOD = 1.0
-_LIVENESS_FAILURES = 3
 
 
 @dataclass
@@ -45,7 +41,7 @@ class Job:
     mode: Mode
     style: Style
     options: Options
-    world: World
+    world: Channel
     layout: Layout
     infos: list[_nodes.RankInfo] = field(default_factory=list)
     host: str | None = None
@@ -200,7 +196,7 @@ def _local_problem(job: Job) -> tuple[str, Any, str, str] | None:
                 f"Give one of: {', '.join(sorted(interfaces))}.",
             )
     if Role.SCHEDULER in role and options.scheduler_file:
-        directory = _os_dirname(options.scheduler_file)
+        directory = os.path.dirname(options.scheduler_file) or "."
         problem = _worker.writable_directory(directory)
         if problem:
             return (
@@ -230,12 +226,6 @@ def _local_problem(job: Job) -> tuple[str, Any, str, str] | None:
     return None
 
 
-def _os_dirname(path: str) -> str:
-    import os
-
-    return os.path.dirname(path) or "."
-
-
 def _ports_to_check(options: Options) -> list[tuple[str, int]]:
     ports = []
     if options.scheduler_port:
@@ -261,22 +251,13 @@ def _listen_host(job: Job) -> str | None:
     return _nodes.default_route_address()
 
 
-def share_address(job: Job, scheduler: Any = None, error: str | None = None) -> None:
-    """Send the scheduler address and credentials, or a start-up error, to all."""
-    payload: Any = (
-        ("error", error)
-        if error
-        else (
-            "address",
-            scheduler.address,
-            job.security,
-        )
-    )
-    job.world.scatter_same(payload, job.options.startup_timeout)
+def share_failure(job: Job, error: str) -> None:
+    """Tell every other rank that the scheduler failed to start, and why."""
+    job.world.scatter_same(("error", error), job.options.startup_timeout)
 
 
 def receive_address(job: Job) -> None:
-    """Receive what :func:`share_address` sent; raise if the scheduler failed."""
+    """Receive the scheduler address and credentials; raise if it failed."""
     source = job.layout.scheduler_rank
     _, payload = job.world.recv(
         source,
@@ -375,7 +356,7 @@ async def _start_scheduler(job: Job) -> Any:
         )
     except Exception as error:
         message = f"The scheduler on {job.where(job.rank)} failed to start: {error}"
-        share_address(job, error=message)
+        share_failure(job, message)
         failure = StartupError(message)
         failure.reporter = job.rank  # type: ignore[attr-defined]
         raise failure from error
@@ -432,7 +413,7 @@ async def _start_workers(job: Job, workers: list[Any]) -> str | None:
             *(start(name) for name in names), return_exceptions=True
         )
     workers.extend(r for r in results if not isinstance(r, BaseException))
-    for name, result in zip(names, results):
+    for name, result in zip(names, results, strict=True):
         if isinstance(result, BaseException):
             cause = _worker.root_cause(result)
             return (
