@@ -355,7 +355,11 @@ async def _start_scheduler(job: Job) -> Any:
             job.options, job.host, job.security
         )
     except Exception as error:
-        message = f"The scheduler on {job.where(job.rank)} failed to start: {error}"
+        cause = _worker.root_cause(error)
+        message = (
+            f"The scheduler on {job.where(job.rank)} failed to start: "
+            f"{type(cause).__name__}: {cause}"
+        )
         share_failure(job, message)
         failure = StartupError(message)
         failure.reporter = job.rank  # type: ignore[attr-defined]
