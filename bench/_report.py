@@ -125,9 +125,23 @@ def _git_commit(repository: Path) -> str:
     return f"{commit} (src/ has uncommitted changes)" if dirty else commit
 
 
-def machine_description(repository: Path, established: str | None) -> list[tuple[str, str]]:
-    """Describe the machine and software versions as (name, value) pairs."""
+def git_commit(repository: Path) -> str:
+    """Return the short commit of ``repository``, marked when src/ has changes."""
+    return _git_commit(repository)
+
+
+def machine_description(
+    repository: Path, established: str | None, commit_at_start: str
+) -> list[tuple[str, str]]:
+    """Describe the machine and software versions as (name, value) pairs.
+
+    ``commit_at_start`` is the repository's commit when the jobs started; a
+    different commit at the end means the package changed during the run.
+    """
     usable = len(os.sched_getaffinity(0))
+    commit = _git_commit(repository)
+    if commit != commit_at_start:
+        commit = f"{commit_at_start} at the start of the run, {commit} at its end"
     facts = [
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC")),
@@ -141,7 +155,7 @@ def machine_description(repository: Path, established: str | None) -> list[tuple
         ("distributed", _version("distributed")),
         ("dask", _version("dask")),
         ("dask-mpi (this repository)",
-         f"{_version('dask-mpi')}, commit {_git_commit(repository)}"),
+         f"{_version('dask-mpi')}, commit {commit}"),
         ("dask-mpi (established, PyPI)", established or "not measured"),
         ("network", "loopback only (unshare -n)"),
     ]

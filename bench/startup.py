@@ -10,9 +10,9 @@ MPI and Dask socket stays on this machine::
 re-executes itself that way; otherwise it stops with an error. The namespace
 check looks for interfaces other than ``lo`` in ``/proc/self/net/dev``.
 
-In one run it measures, with ``--reps`` repetitions of each figure (the
-median, minimum and maximum are reported; one unrecorded warm-up run of
-each kind comes first):
+In one run it measures the following, with ``--reps`` repetitions of each
+figure. The report gives the median, minimum and maximum, and one unrecorded
+warm-up run of each kind comes first.
 
 - the floor: ``mpirun -np N python -c "import distributed, mpi4py.MPI"``,
   its wall time, start-up (launch to the last rank's stamp after the
@@ -35,8 +35,8 @@ environment of the same Python with the same ``distributed`` version, and
 reused while its recorded versions match.
 
 The tables are printed and written to ``docs/benchmarks.md`` (``--output``)
-with a machine description. A ``## Notes`` section already in that file is
-kept. ``--quick`` runs one repetition of the smallest sizes as a smoke test.
+with a machine description, between marker comments: the rest of that
+file is kept. ``--quick`` runs one repetition of the smallest sizes as a smoke test.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ BATCH_SCRIPT = JOBS_DIR / "batch_tiny.py"
 STEADY_SCRIPT = JOBS_DIR / "steady_state.py"
 DEFAULT_OUTPUT = REPOSITORY / "docs" / "benchmarks.md"
 DEFAULT_ESTABLISHED_VENV = BENCH_DIR / ".venv-established"
+DEFAULT_RAW = BENCH_DIR / "results" / "last-run.json"
 ESTABLISHED_VERSION = "2026.3.0"
 
 FLOOR_CODE = (
@@ -80,7 +81,9 @@ TARGET_CLI_SHUTDOWN = 0.5  # seconds
 TARGET_STEADY_STATE = 0.95  # times LocalCluster's throughput
 TARGET_RANK_SLOPE = 1.2  # times the floor's seconds per extra rank
 
-NOTES_HEADING = "## Notes"
+PAGE_TITLE = "# Benchmarks"
+BEGIN_MARK = "<!-- begin: written by bench/startup.py -->"
+END_MARK = "<!-- end: written by bench/startup.py -->"
 
 
 # ------------------------------------------------------------ environments
@@ -421,6 +424,34 @@ class Samples:
         return [value for figures in self.values.values()
                 for value in figures.get(figure, [])]
 
+    def to_json(self) -> dict:
+        """Return the samples as JSON-ready data, keyed ``phase|variant|ranks``."""
+
+        def name(key: tuple) -> str:
+            return "|".join(map(str, key))
+
+        return {
+            "values": {name(key): dict(figures) for key, figures in self.values.items()},
+            "attempts": {name(key): count for key, count in self.attempts.items()},
+            "failures": {name(key): count for key, count in self.failures.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Samples:
+        """Rebuild samples written by :meth:`to_json`."""
+
+        def key(name: str) -> tuple:
+            phase, variant, ranks = name.split("|")
+            return (phase, variant, int(ranks))
+
+        samples = cls()
+        for name, figures in data["values"].items():
+            for figure, values in figures.items():
+                samples.values[key(name)][figure] = list(values)
+        samples.attempts.update({key(n): c for n, c in data["attempts"].items()})
+        samples.failures.update({key(n): c for n, c in data["failures"].items()})
+        return samples
+
     def leftovers(self) -> int:
         return int(sum(sum(figures.get("leftovers", [])) for figures in
                        self.values.values()))
@@ -462,9 +493,9 @@ def run_plan(plan: list[Run], args: argparse.Namespace, environments: dict) -> S
             if run.repetition:
                 samples.fail(run.key)
             continue
-        shown = ", ".join(f"{name} {value:.2f}" for name, value in figures.items()
-                          if name != "leftovers")
-        progress(f"{label}: {shown}")
+        figures_text = ", ".join(f"{name} {value:.2f}" for name, value in
+                                 figures.items() if name != "leftovers")
+        progress(f"{label}: {figures_text}")
         if figures.get("leftovers"):
             progress(f"{label}: {figures['leftovers']} process(es) outlived the "
                      "launcher and were killed")
@@ -600,7 +631,11 @@ def growth_table(samples: Samples, args: argparse.Namespace) -> str:
 
 
 def _verdict(passed: bool | None) -> str:
-    return "not measured" if passed is None else ("pass" if passed else "**FAIL**")
+    if passed is None:
+        return "not measured"
+    if passed:
+        return "pass"
+    return "**FAIL**"
 
 
 def target_rows(samples: Samples, args: argparse.Namespace) -> list[list[str]]:
@@ -662,16 +697,16 @@ def target_rows(samples: Samples, args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
-def build_report(samples: Samples, args: argparse.Namespace, established: str | None,
+def build_report(samples: Samples, args: argparse.Namespace,
+                 machine: list[tuple[str, str]], argv: list[str],
                  elapsed: float) -> str:
     variants = ["ours", "ours-notls"] + (["established"] if args.established else [])
     cli_variants = ["ours"] + (["established"] if args.established else [])
     floor_sizes = sorted(set(args.batch_sizes if "batch" in args.phases else [])
                          | set(args.growth_sizes if "growth" in args.phases else []))
-    machine = _report.machine_description(REPOSITORY, established)
-    command = " ".join(["python", "bench/startup.py", *sys.argv[1:]])
+    command = " ".join(["python", "bench/startup.py", *argv])
     parts = [
-        "# Benchmarks: start-up, shutdown and steady state",
+        "## Start-up, shutdown and steady state",
         "",
         f"Written by `{command}` (run inside `unshare -n` with only the loopback "
         f"interface up) in {elapsed / 60:.1f} minutes. Each cell is the median "
@@ -684,7 +719,7 @@ def build_report(samples: Samples, args: argparse.Namespace, established: str | 
         "warm-up run of each kind comes first"
         + (" (left out with --no-warmup)." if args.no_warmup else "."),
         "",
-        "## Machine",
+        "### Machine",
         "",
         table(["", ""], [[name, value] for name, value in machine]),
         "",
@@ -694,34 +729,34 @@ def build_report(samples: Samples, args: argparse.Namespace, established: str | 
         load_sentence(samples, args),
     ]
     if floor_sizes:
-        parts += ["", "## Floor: `mpirun -np N python -c \"import distributed, "
+        parts += ["", "### Floor: `mpirun -np N python -c \"import distributed, "
                   "mpi4py.MPI\"`", "", "The job prints a stamp after the imports on "
                   "every rank; start-up and exit are measured from the last rank's.",
                   "", floor_table(samples, floor_sizes)]
     if "batch" in args.phases:
-        parts += ["", "## Tiny batch job", "", "`initialize()`, `Client()`, one "
+        parts += ["", "### Tiny batch job", "", "`initialize()`, `Client()`, one "
                   "task (`bench/jobs/batch_tiny.py`). Client end is the script's "
                   "last statement, after `client.close()`. Wall time over floor "
                   "is the job's median wall time less the floor's at the same N.",
                   "", batch_table(samples, args.batch_sizes, variants)]
     if "cli" in args.phases:
-        parts += ["", "## `dask-mpi` command", "", "`mpirun -np N dask-mpi "
+        parts += ["", "### `dask-mpi` command", "", "`mpirun -np N dask-mpi "
                   "--scheduler-file F` with default options; the benchmark "
                   "process connects as the outside client.", "",
                   cli_table(samples, args.cli_sizes, cli_variants)]
     if "steady" in args.phases:
-        parts += ["", "## Steady state", "", f"`mpirun -np {STEADY_RANKS}` with "
+        parts += ["", "### Steady state", "", f"`mpirun -np {STEADY_RANKS}` with "
                   "`initialize(nthreads=1)`: 4 workers of 1 thread, the scheduler "
                   "and the client in processes of their own. LocalCluster runs its "
                   "scheduler in the client's process and its 4 workers under "
                   "nannies. Each job warms up first; only the timed calls count.",
                   "", steady_table(samples, args.steady_tasks, args.steady_size)]
     if "growth" in args.phases:
-        parts += ["", "## Start-up growth", "", f"Ranks oversubscribe the "
+        parts += ["", "### Start-up growth", "", f"Ranks oversubscribe the "
                   f"{os.cpu_count()} cores. The slope is a least-squares fit over "
                   "every run, in milliseconds per extra rank, with its ratio to "
                   "the floor's slope.", "", growth_table(samples, args)]
-    parts += ["", "## Targets", "", "Reported, not asserted; medians.", "",
+    parts += ["", "### Targets", "", "Reported, not asserted; medians.", "",
               table(["target", "limit", "measured", "result"],
                     target_rows(samples, args)), ""]
     return "\n".join(parts)
@@ -745,15 +780,27 @@ def load_sentence(samples: Samples, args: argparse.Namespace) -> str:
 
 
 def write_report(path: Path, report: str) -> None:
-    """Write ``report`` to ``path``, keeping a Notes section already there."""
-    notes = ""
-    if path.exists():
-        text = path.read_text()
-        index = text.find(f"\n{NOTES_HEADING}\n")
-        if index >= 0:
-            notes = text[index:]
+    """Write ``report`` into ``path`` between this script's markers.
+
+    Text outside the markers, such as notes or other scripts' sections, is
+    kept. A file without the markers gets the section after its title.
+    """
+    section = f"{BEGIN_MARK}\n{report.rstrip()}\n{END_MARK}\n"
+    text = path.read_text() if path.exists() else f"{PAGE_TITLE}\n"
+    if BEGIN_MARK in text and END_MARK in text:
+        before, _, rest = text.partition(BEGIN_MARK)
+        _, _, after = rest.partition(END_MARK)
+        after = after.lstrip("\n")
+        text = before + section + (f"\n{after}" if after else "")
+    elif text.startswith("# "):
+        title, _, rest = text.partition("\n")
+        text = f"{title}\n\n{section}" + (f"\n{rest.lstrip()}" if rest.strip() else "")
+    else:
+        text = f"{PAGE_TITLE}\n\n{section}" + (f"\n{text}" if text.strip() else "")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report.rstrip("\n") + "\n" + notes)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 # ------------------------------------------------------------ command line
@@ -824,6 +871,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="Markdown file for the tables (default "
                         "docs/benchmarks.md).")
+    parser.add_argument("--raw", type=Path, default=DEFAULT_RAW, help="JSON file "
+                        "for every recorded figure and the machine description "
+                        "(default bench/results/last-run.json).")
+    parser.add_argument("--report-from", type=Path, help="Rebuild --output from "
+                        "this JSON file of --raw figures and run no job.")
     args = parser.parse_args(argv)
 
     phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
@@ -865,10 +917,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+# Settings that the report needs, kept in the raw record for --report-from.
+REPORT_SETTINGS = (
+    "reps", "phases", "batch_sizes", "cli_sizes", "growth_sizes", "growth_job",
+    "steady_tasks", "steady_size", "established", "no_warmup", "max_load",
+    "load_retries",
+)
+
+
+def report_from(raw: Path, output: Path) -> int:
+    """Rebuild the report from a raw record, without running any job."""
+    record = json.loads(raw.read_text())
+    args = argparse.Namespace(**record["settings"])
+    samples = Samples.from_json(record["samples"])
+    machine = [tuple(fact) for fact in record["machine"]]
+    report = build_report(samples, args, machine, record["argv"], record["elapsed"])
+    print(report)
+    write_report(output, report)
+    progress(f"wrote {output} from {raw}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     # SystemExit lets the running job's cleanup kill its ranks.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.report_from is not None:
+        return report_from(args.report_from, args.output)
+
     problem = _runner.namespace_problem()
     if problem is not None:
         if os.geteuid() != 0:
@@ -889,13 +965,25 @@ def main(argv: list[str]) -> int:
 
     plan = build_plan(args)
     progress(f"{len(plan)} jobs planned")
+    commit_at_start = _report.git_commit(REPOSITORY)
     started = time.monotonic()
     samples = run_plan(plan, args, environments)
     elapsed = time.monotonic() - started
 
-    report = build_report(samples, args,
-                          established_description(environments.get("established")),
-                          elapsed)
+    established = established_description(environments.get("established"))
+    machine = _report.machine_description(REPOSITORY, established, commit_at_start)
+    record = {
+        "argv": argv,
+        "elapsed": elapsed,
+        "machine": machine,
+        "settings": {name: getattr(args, name) for name in REPORT_SETTINGS},
+        "samples": samples.to_json(),
+    }
+    args.raw.parent.mkdir(parents=True, exist_ok=True)
+    args.raw.write_text(json.dumps(record, indent=1) + "\n")
+    progress(f"wrote the raw figures to {args.raw}")
+
+    report = build_report(samples, args, machine, argv, elapsed)
     print(report)
     write_report(args.output, report)
     progress(f"wrote {args.output}")

@@ -8,9 +8,14 @@ that are normal in a dask-mpi job:
   the process's stop-queue reader breaks while the process exits. The
   worker did not die. The filter drops it once the worker is closing.
 - "Failed to communicate with scheduler during heartbeat", when the
-  scheduler goes away. For workers that joined an outside scheduler
-  (``--no-scheduler``) that is expected: they log their own warning and wait
-  for the scheduler to come back. The filter drops it only for them.
+  scheduler goes away or a heartbeat is in flight while the worker closes.
+  The filter drops it while the worker is closing, and always for workers
+  that joined an outside scheduler (``--no-scheduler``), which log their own
+  warning and wait for the scheduler to come back.
+
+The preload also makes the worker process ignore SIGINT and the job's
+shutdown signals: MPICH's mpirun signals each rank's whole process group,
+and the Nanny, not its worker process, handles them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from typing import Any
 
 # Set in the environment of ranks whose workers joined an outside scheduler.
 JOINING_VARIABLE = "DASK_MPI_JOINING"
+# Comma-separated signal numbers that worker processes ignore.
+IGNORED_SIGNALS_VARIABLE = "DASK_MPI_CHILD_IGNORES"
+
+_CLOSING = ("closing", "closed", "closing_gracefully")
 
 _DIED = "Worker process died unexpectedly"
 _HEARTBEAT = "Failed to communicate with scheduler during heartbeat."
@@ -34,12 +43,12 @@ class _DropExpectedErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message == _HEARTBEAT:
-            return not self.joining
-        if message != _DIED:
+        if message not in (_HEARTBEAT, _DIED):
             return True
+        if message == _HEARTBEAT and self.joining:
+            return False
         status = getattr(getattr(self.worker, "status", None), "name", "")
-        return status not in ("closing", "closed", "closing_gracefully")
+        return status not in _CLOSING
 
 
 def install(worker: Any, joining: bool) -> None:
@@ -49,6 +58,15 @@ def install(worker: Any, joining: bool) -> None:
         logging.getLogger(name).addFilter(drop)
 
 
+def ignore_signals(numbers: str) -> None:
+    """Ignore the comma-separated signal ``numbers`` in this process."""
+    import signal
+
+    for number in filter(None, numbers.split(",")):
+        signal.signal(int(number), signal.SIG_IGN)
+
+
 def dask_setup(worker: Any) -> None:
     """Install the filter in this worker process (distributed preload hook)."""
+    ignore_signals(os.environ.get(IGNORED_SIGNALS_VARIABLE, ""))
     install(worker, os.environ.get(JOINING_VARIABLE) == "1")

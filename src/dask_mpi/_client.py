@@ -110,6 +110,7 @@ class ClientSession:
         self.ended = False
         self.background: Any = None
         self.failed = False
+        self.code: int | None = None
         self._watching = threading.Event()
         self._stop_sent = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -252,7 +253,7 @@ class ClientSession:
 
         job = self.job
         coordinator = job.layout.coordinator
-        code = 1 if self.failed else 0
+        code = self.exit_code()
         own = self.background is not None
         if own or job.world.poll(coordinator, TAG_CONTROL) is None:
             job.world.send(
@@ -269,6 +270,30 @@ class ClientSession:
                     job.options.shutdown_timeout + 5,
                     "close the cluster",
                 )
+
+    def record_exit(self, error: BaseException) -> None:
+        """Note the exit code that ``error``, leaving the client code, gives."""
+        if isinstance(error, SystemExit):
+            code = error.code
+            self.code = code if isinstance(code, int) else (0 if code is None else 1)
+        else:
+            self.code = 1
+        self.failed = self.code != 0
+
+    def exit_code(self) -> int | None:
+        """Return the client's exit code where this process knows it, else None.
+
+        A signal or an exception in the client code is known; the argument
+        of a ``sys.exit()`` in an ``initialize()`` script is not, because
+        Python does not show it to exit handlers.
+        """
+        from . import _signals
+
+        if self.code is not None:
+            return self.code
+        if _signals.last_code is not None:
+            return _signals.last_code
+        return 1 if self.failed else None
 
     def _close_workers(self, reason: str) -> None:
         """Close the workers of a job that joined an outside scheduler."""

@@ -159,7 +159,7 @@ async def coordinate(job: Job, scheduler: Any, workers: list[Any]) -> int:
     if client_dead:
         # MPI_Finalize would wait for the dead rank for ever.
         job.world.abort(code)
-    return code if decider == job.rank else 0
+    return (code or 0) if decider == job.rank else 0
 
 
 async def close_cluster(
@@ -207,7 +207,10 @@ async def close_cluster(
     clients = [r for r in others if r not in followers]
     requests = [job.world.post(message, r) for r in clients]
     await _wait_sent(requests, 1.0)
-    logger.info("Cluster closed: %s; exit code %d", reason, code)
+    if code is None:
+        logger.info("Cluster closed: %s", reason)
+    else:
+        logger.info("Cluster closed: %s; exit code %d", reason, code)
 
 
 async def _interrupt_client(job: Job, code: int, reason: str, decider: int) -> None:
@@ -373,6 +376,8 @@ async def _start_joined(job: Job, address: str) -> list[Any]:
     memory = _nodes.memory_limit(options.memory_limit, job.infos, job.rank, count)
     directory = options.local_directory or _nodes.default_local_directory()
     os.environ[_child.JOINING_VARIABLE] = "1"
+    if options.use_nanny:
+        _worker.shield_children(options.shutdown_signals)
     workers = []
     for name in names_on(job, job.rank):
         kwargs = _worker.worker_kwargs(

@@ -187,4 +187,7 @@ class FileWorld(Channel):
 
     def abort(self, code: int) -> None:
         """End this rank; without MPI it cannot end the others."""
+        from ._world import flush_output
+
+        flush_output()
         raise SystemExit(code)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _logs, _nodes, _scale, _scheduler, _security, _worker
+from . import _child, _logs, _nodes, _scale, _scheduler, _security, _worker
 from ._layout import Layout, Role, plan
 from ._options import Mode, Options, Style, resolve
 from ._world import TAG_DATA, Channel, World, check_launcher
@@ -412,11 +412,15 @@ async def _start_workers(job: Job, workers: list[Any]) -> str | None:
         return await _worker.start_worker(job.address or "", options, **kwargs)
 
     names = names_on(job, job.rank)
+    if options.use_nanny:
+        _worker.shield_children(job.options.shutdown_signals)
     with _worker.quiet_failed_start():
         results = await asyncio.gather(
             *(start(name) for name in names), return_exceptions=True
         )
     workers.extend(r for r in results if not isinstance(r, BaseException))
+    for worker in workers:
+        _child.install(worker, joining=False)
     for name, result in zip(names, results, strict=True):
         if isinstance(result, BaseException):
             cause = _worker.root_cause(result)

@@ -59,8 +59,8 @@ class MPIRunner:
         session = self._session
         if session is None:
             return
-        if kind is not None and not (kind is SystemExit and not value.code):
-            session.failed = True
+        if value is not None:
+            session.record_exit(value)
         session.finish("the runner's with block ended")
 
     # The attributes that ``distributed.Client`` reads from a cluster object.

@@ -17,8 +17,14 @@ from typing import Any
 _pending_code: int | None = None
 
 
+# The exit code the last handled signal raised, for the end-of-job line.
+last_code: int | None = None
+
+
 def _raise_exit(number: int, frame: Any) -> None:
+    global last_code
     code = _pending_code if _pending_code is not None else 128 + number
+    last_code = code
     raise SystemExit(code)
 
 

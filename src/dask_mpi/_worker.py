@@ -42,7 +42,7 @@ def worker_kwargs(
     elif host:
         kwargs["host"] = host
     if options.use_nanny and options.worker_class != "distributed.Nanny":
-        kwargs["worker_class"] = options.worker_class
+        kwargs["worker_class"] = import_worker_class(options.worker_class)
     kwargs.update(options.worker_options)
     if options.use_nanny:
         preload = kwargs.get("preload") or []
@@ -58,6 +58,33 @@ async def start_worker(address: str, options: Options, **kwargs: Any) -> Any:
     worker = cls(address, **kwargs)
     await worker
     return worker
+
+
+def shield_children(shutdown_signals: tuple[int, ...]) -> None:
+    """Keep signals that mpirun sends to the process group away from children.
+
+    Worker processes ignore SIGINT and the shutdown signals (through the
+    preload in ``_child``), and multiprocessing's resource tracker is
+    started now with those signals ignored, a disposition it keeps, so a
+    walltime signal does not kill it under the Nanny.
+    """
+    import signal
+    import threading
+    from multiprocessing import resource_tracker
+
+    from . import _child
+
+    numbers = [signal.SIGINT, *shutdown_signals]
+    os.environ[_child.IGNORED_SIGNALS_VARIABLE] = ",".join(map(str, numbers))
+    if threading.current_thread() is not threading.main_thread():
+        resource_tracker.ensure_running()
+        return
+    previous = {n: signal.signal(n, signal.SIG_IGN) for n in shutdown_signals}
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def root_cause(error: BaseException) -> BaseException:

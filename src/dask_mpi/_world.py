@@ -73,6 +73,23 @@ def check_launcher(size: int) -> None:
     )
 
 
+def flush_output() -> None:
+    """Flush log handlers and standard streams before this process ends.
+
+    The launcher stops reading a rank's output once the job aborts, so a
+    short pause lets it collect the last lines.
+    """
+    import logging
+    import sys
+
+    for name in ("dask_mpi", "distributed", ""):
+        for handler in logging.getLogger(name).handlers:
+            handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    time.sleep(0.2)
+
+
 def _deadline(timeout: float | None) -> float:
     return float("inf") if timeout is None else time.monotonic() + timeout
 
@@ -259,4 +276,5 @@ class World(Channel):
 
     def abort(self, code: int) -> None:
         """End every rank of the job now with ``code``."""
+        flush_output()
         mpi().COMM_WORLD.Abort(code)

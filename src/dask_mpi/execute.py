@@ -103,9 +103,11 @@ def _run_client(
 ) -> Any:
     session = start_client(job)
     try:
-        return function(*args, **kwargs) if function is not None else None
-    except BaseException:
-        session.failed = True
+        result = function(*args, **kwargs) if function is not None else None
+        session.code = 0
+        return result
+    except BaseException as error:
+        session.record_exit(error)
         raise
     finally:
         session.finish("the client function ended")

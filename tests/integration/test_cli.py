@@ -13,13 +13,13 @@ import re
 import signal
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from distributed import Client
-
 from cluster_report import describe_cluster, worker_names
+from distributed import Client
 from mpirun import MPIJob, Result, assert_clean, assert_no_leftover_processes
 
 pytestmark = pytest.mark.mpi
@@ -28,10 +28,14 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TIMEOUT = 60
 # describe_cluster sums the squares of 0..9.
 SUM_OF_SQUARES = 285
-# Logged by the scheduler rank once every worker registered.
+# Logged by the scheduler rank when every worker registered, or with the
+# missing ranks when the start-up timeout passed first.
 WORKERS_JOINED = r"Workers joined \d+/\d+"
 EXIT_SIGTERM = 128 + signal.SIGTERM
 USAGE_ERROR_PREFIX = "dask-mpi: error: "
+# Open MPI 5.0.11's prterun sometimes prints this while it tears down a job
+# whose rank exited non-zero; the line comes from the launcher.
+OPENMPI_TEARDOWN_ERROR = r"PMIX ERROR: PMIX_ERR_UNREACH"
 
 
 def assert_job_ended(result: Result, code: int = 0, ignore=()) -> None:
@@ -76,7 +80,7 @@ def names_in(client: Client) -> list[str]:
 def test_cli_serves_outside_client(start_mpi, tmp_path):
     scheduler_file = tmp_path / "scheduler.json"
     job = start_cluster(start_mpi, scheduler_file, np=4)
-    # The file is complete before the workers start, and private.
+    # Read the file's mode now, because the shutdown removes the file.
     mode = stat.S_IMODE(os.stat(scheduler_file).st_mode)
 
     report = report_and_shut_down(scheduler_file)
@@ -113,7 +117,7 @@ def test_cli_without_scheduler_file(start_mpi, launcher):
         # after, and exits with a code of its own (1 in Open MPI 5.0.11), so
         # only "non-zero" is portable.
         assert result.returncode != 0, result.describe()
-        assert_clean(result)
+        assert_clean(result, ignore=[OPENMPI_TEARDOWN_ERROR])
         assert_no_leftover_processes(result)
 
 
@@ -157,45 +161,69 @@ def check_loopback(report: dict[str, Any]) -> None:
 # takes the test's tmp_path. "{tmp_path}" in an option is replaced by it.
 OPTION_CASES = [
     pytest.param(
-        2, ["--inclusive-workers"],
-        lambda tmp: check_names("dask_mpi-0", "dask_mpi-1"), id="inclusive_workers",
+        2,
+        ["--inclusive-workers"],
+        lambda tmp: check_names("dask_mpi-0", "dask_mpi-1"),
+        id="inclusive_workers",
     ),
     pytest.param(
-        3, ["--scheduler-rank", "1"],
-        lambda tmp: check_names("dask_mpi-0", "dask_mpi-2"), id="scheduler_rank_1",
+        3,
+        ["--scheduler-rank", "1"],
+        lambda tmp: check_names("dask_mpi-0", "dask_mpi-2"),
+        id="scheduler_rank_1",
     ),
     pytest.param(
-        3, ["--name", "cli"], lambda tmp: check_names("cli-1", "cli-2"), id="name",
+        3,
+        ["--name", "cli"],
+        lambda tmp: check_names("cli-1", "cli-2"),
+        id="name",
     ),
     pytest.param(
-        2, ["--workers-per-rank", "2"],
+        2,
+        ["--workers-per-rank", "2"],
         lambda tmp: check_names("dask_mpi-1-0", "dask_mpi-1-1"),
         id="workers_per_rank",
     ),
     pytest.param(
-        3, ["--nthreads", "2"], lambda tmp: check_workers("nthreads", 2),
+        3,
+        ["--nthreads", "2"],
+        lambda tmp: check_workers("nthreads", 2),
         id="nthreads",
     ),
     pytest.param(
-        3, ["--memory-limit", "1GB"],
-        lambda tmp: check_workers("memory_limit", 1_000_000_000), id="memory_limit",
+        3,
+        ["--memory-limit", "1GB"],
+        lambda tmp: check_workers("memory_limit", 1_000_000_000),
+        id="memory_limit",
     ),
     pytest.param(
-        3, ["--worker-class", "distributed.Worker"],
-        lambda tmp: check_workers("nanny", None), id="worker_class",
+        3,
+        ["--worker-class", "distributed.Worker"],
+        lambda tmp: check_workers("nanny", None),
+        id="worker_class",
     ),
     pytest.param(
-        3, ["--worker-options", '{"resources": {"GPU": 1}}'],
-        lambda tmp: check_workers("resources", {"GPU": 1}), id="worker_options",
+        3,
+        ["--worker-options", '{"resources": {"GPU": 1}}'],
+        lambda tmp: check_workers("resources", {"GPU": 1}),
+        id="worker_options",
     ),
     pytest.param(
-        3, ["--no-dashboard"], lambda tmp: check_dashboard_off, id="no_dashboard",
+        3,
+        ["--no-dashboard"],
+        lambda tmp: check_dashboard_off,
+        id="no_dashboard",
     ),
     pytest.param(
-        3, ["--interface", "lo"], lambda tmp: check_loopback, id="interface",
+        3,
+        ["--interface", "lo"],
+        lambda tmp: check_loopback,
+        id="interface",
     ),
     pytest.param(
-        3, ["--local-directory", "{tmp_path}"], check_local_directory,
+        3,
+        ["--local-directory", "{tmp_path}"],
+        check_local_directory,
         id="local_directory",
     ),
 ]
@@ -272,7 +300,10 @@ SLOW_PRELOAD_OPTIONS = json.dumps({"preload": [str(SCRIPTS / "slow_preload.py")]
 def start_joining_job(start_mpi, scheduler_file: Path, *options: str) -> MPIJob:
     return start_mpi(
         [
-            "dask-mpi", "--no-scheduler", "--scheduler-file", str(scheduler_file),
+            "dask-mpi",
+            "--no-scheduler",
+            "--scheduler-file",
+            str(scheduler_file),
             *options,
         ],
         np=1,
@@ -369,8 +400,8 @@ def test_cli_no_scheduler_rejoins_after_early_loss(start_mpi, tmp_path):
     second = start_cluster(start_mpi, scheduler_file, np=2)
     with Client(scheduler_file=str(scheduler_file), timeout=TIMEOUT) as client:
         second_address = client.scheduler.address
-        # Two preload delays of 3 s and two worker starts fit in 30 s.
-        client.wait_for_workers(2, timeout=30)
+        # Two preload delays of 2 s and two worker starts fit in 20 s.
+        client.wait_for_workers(2, timeout=20)
         second_names = names_in(client)
         joined.wait_for_output(f"{JOINED} {second_address}", timeout=TIMEOUT)
         joined_result = joined.stop(signal.SIGTERM, timeout=TIMEOUT)
@@ -406,22 +437,35 @@ def assert_usage_error(result: Result, fragment: str) -> None:
 BAD_INPUTS = [
     pytest.param(1, [], "needs at least 2", id="too_few_ranks"),
     pytest.param(
-        2, ["--scheduler-rank", "2"], "--scheduler-rank=2", id="scheduler_rank",
+        2,
+        ["--scheduler-rank", "2"],
+        "--scheduler-rank=2",
+        id="scheduler_rank",
     ),
     pytest.param(
-        2, ["--worker-options", "{bad"], "--worker-options=", id="worker_options_json",
+        2,
+        ["--worker-options", "{bad"],
+        "--worker-options=",
+        id="worker_options_json",
     ),
     pytest.param(
-        2, ["--worker-options", "[1]"], "--worker-options=", id="worker_options_list",
+        2,
+        ["--worker-options", "[1]"],
+        "--worker-options=",
+        id="worker_options_list",
     ),
     pytest.param(
-        2, ["--worker-class", "nosuch.Worker"], "--worker-class=",
+        2,
+        ["--worker-class", "nosuch.Worker"],
+        "--worker-class=",
         id="worker_class",
     ),
     pytest.param(2, ["--interface", "nosuch0"], "--interface=", id="interface"),
     pytest.param(
-        2, ["--scheduler-file", "{tmp_path}/missing/scheduler.json"],
-        "--scheduler-file=", id="scheduler_file_directory",
+        2,
+        ["--scheduler-file", "{tmp_path}/missing/scheduler.json"],
+        "--scheduler-file=",
+        id="scheduler_file_directory",
     ),
     pytest.param(2, ["--no-scheduler"], "--no-scheduler", id="no_scheduler"),
     pytest.param(2, ["--memory-limit", "lots"], "--memory-limit=", id="memory_limit"),
@@ -443,8 +487,8 @@ def test_cli_scheduler_port_taken(start_mpi):
         taken.listen()
         port = taken.getsockname()[1]
 
-        result = start_mpi(
-            ["dask-mpi", "--scheduler-port", str(port)], np=2
-        ).wait(TIMEOUT)
+        result = start_mpi(["dask-mpi", "--scheduler-port", str(port)], np=2).wait(
+            TIMEOUT
+        )
 
     assert_usage_error(result, f"--scheduler-port={port}")

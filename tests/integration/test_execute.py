@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed import Client
-
 from cluster_report import parse_report, worker_names
+from distributed import Client
 from mpirun import Result, assert_clean, assert_no_leftover_processes, run_mpi
 
 pytestmark = pytest.mark.mpi
@@ -41,7 +40,9 @@ def assert_job_ended(result: Result, code: int = 0, ignore=()) -> None:
 
 def returned_values(result: Result) -> dict[int, str]:
     """Map each rank to the repr of what ``execute`` returned to it."""
-    found = re.findall(r"^rank (\d) execute returned (.+)$", result.stdout, re.M)
+    found = re.findall(
+        r"^rank (\d) execute returned (.+)$", result.stdout, re.MULTILINE
+    )
     return {int(rank): value for rank, value in found}
 
 
@@ -49,27 +50,45 @@ def returned_values(result: Result) -> dict[int, str]:
 # client rank.
 PLACEMENTS = [
     pytest.param(
-        6, {}, ["dask_mpi-2", "dask_mpi-3", "dask_mpi-4", "dask_mpi-5"], 1,
+        6,
+        {},
+        ["dask_mpi-2", "dask_mpi-3", "dask_mpi-4", "dask_mpi-5"],
+        1,
         id="scheduler_0_client_1",
     ),
     pytest.param(
-        4, {"scheduler_rank": 1, "client_rank": 0}, ["dask_mpi-2", "dask_mpi-3"], 0,
+        4,
+        {"scheduler_rank": 1, "client_rank": 0},
+        ["dask_mpi-2", "dask_mpi-3"],
+        0,
         id="scheduler_1_client_0",
     ),
     pytest.param(
-        2, {"scheduler_rank": 0, "client_rank": 0}, ["dask_mpi-1"], 0,
+        2,
+        {"scheduler_rank": 0, "client_rank": 0},
+        ["dask_mpi-1"],
+        0,
         id="shared_rank_0",
     ),
     pytest.param(
-        3, {"scheduler_rank": 2, "client_rank": 2}, ["dask_mpi-0", "dask_mpi-1"], 2,
+        3,
+        {"scheduler_rank": 2, "client_rank": 2},
+        ["dask_mpi-0", "dask_mpi-1"],
+        2,
         id="shared_rank_2",
     ),
     pytest.param(
-        3, {"exclusive_workers": False}, ["dask_mpi-0", "dask_mpi-1", "dask_mpi-2"],
-        1, id="inclusive_workers",
+        3,
+        {"exclusive_workers": False},
+        ["dask_mpi-0", "dask_mpi-1", "dask_mpi-2"],
+        1,
+        id="inclusive_workers",
     ),
     pytest.param(
-        1, {"exclusive_workers": False, "client_rank": 0}, ["dask_mpi-0"], 0,
+        1,
+        {"exclusive_workers": False, "client_rank": 0},
+        ["dask_mpi-0"],
+        0,
         id="one_rank_cluster",
     ),
 ]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
 from cluster_report import parse_report, worker_names
 from mpirun import Result, assert_clean, assert_no_leftover_processes, run_mpi
 
@@ -25,11 +25,12 @@ TIMEOUT = 60
 # The client scripts sum the squares of 0..9.
 SUM_OF_SQUARES = 285
 TRACEBACK_LINE = r"^Traceback \(most recent call last\):$"
+# Open MPI 5.0.11's prterun sometimes prints this while it tears down a job
+# whose rank exited non-zero; the line comes from the launcher.
+OPENMPI_TEARDOWN_ERROR = r"PMIX ERROR: PMIX_ERR_UNREACH"
 
 
-def run_script(
-    script: str, *args: str, np: int, launcher: str = "mpich"
-) -> Result:
+def run_script(script: str, *args: str, np: int, launcher: str = "mpich") -> Result:
     return run_mpi(
         ["python", str(SCRIPTS / script), *args],
         np=np,
@@ -65,7 +66,7 @@ def test_initialize_world_size(np):
     report = parse_report(result.stdout)
     assert worker_names(report) == [f"dask_mpi-{rank}" for rank in range(2, np)]
     assert report["sum_of_squares"] == SUM_OF_SQUARES
-    # Batch jobs use TLS with throw-away credentials unless told otherwise.
+    # Batch jobs use TLS with throw-away credentials by default.
     assert report["scheduler_address"].startswith("tls://")
     assert report["dashboard_status"] == 200
 
@@ -196,7 +197,9 @@ def test_initialize_sub_communicator():
     assert worker_names(report) == ["dask_mpi-2"]
     assert report["sum_of_squares"] == SUM_OF_SQUARES
     # World ranks 3 and 4 form the other communicator: 3 + 4 = 7.
-    plain = re.findall(r"plain MPI on world rank (\d): sub size 2, allreduce 7", result.stdout)
+    plain = re.findall(
+        r"plain MPI on world rank (\d): sub size 2, allreduce 7", result.stdout
+    )
     assert sorted(plain) == ["3", "4"], result.describe()
 
 
@@ -238,9 +241,13 @@ def test_initialize_client_sys_exit():
 def test_initialize_client_exception(launcher):
     result = run_script("initialize_end.py", "raise", np=3, launcher=launcher)
 
-    # Open MPI's mpirun reports the first non-zero exit code of a rank, and
-    # MPICH's the OR of all codes; dask-mpi exits 1 on the client rank only.
-    assert_job_ended(result, code=1, ignore=[TRACEBACK_LINE])
+    # dask-mpi exits 1 on the client rank and 0 on the others. So both
+    # launchers return 1: Open MPI's mpirun reports the first non-zero code
+    # of a rank, and MPICH's mpirun the bitwise OR of all codes.
+    ignore = [TRACEBACK_LINE]
+    if launcher == "openmpi":
+        ignore.append(OPENMPI_TEARDOWN_ERROR)
+    assert_job_ended(result, code=1, ignore=ignore)
     assert "client result 6" in result.stdout
     tracebacks = re.findall(TRACEBACK_LINE, result.stderr, re.MULTILINE)
     assert len(tracebacks) == 1, result.describe()

@@ -62,9 +62,11 @@ def describe_cluster(client: Any) -> dict[str, Any]:
     }
 
 
-def print_report(client: Any) -> None:
-    """Print the cluster description as one ``REPORT`` line and flush it."""
-    print(REPORT_PREFIX + json.dumps(describe_cluster(client)), flush=True)
+def print_report(client: Any) -> dict[str, Any]:
+    """Print the cluster description as one ``REPORT`` line and return it."""
+    report = describe_cluster(client)
+    print(REPORT_PREFIX + json.dumps(report), flush=True)
+    return report
 
 
 def parse_report(stdout: str) -> dict[str, Any]:

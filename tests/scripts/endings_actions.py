@@ -1,15 +1,13 @@
-"""Ways for a rank of an ``initialize()`` or ``execute()`` job to end.
-
-``leave_on_sigusr2()`` makes SIGUSR2 end any rank through ``os._exit(0)``,
-without MPI_Finalize, which MPICH's ``mpirun -disable-auto-cleanup`` (like
-srun) answers by leaving the other ranks running. A rank killed by a signal
-makes MPICH 5.0's mpirun kill the whole job even with that flag.
-
-Ways for the client code of an ``initialize()`` or ``execute()`` job to end.
+"""Ways for the client code of an ``initialize()`` or ``execute()`` job to end.
 
 The endings scripts call ``run_action(ACTION)`` on the client rank. Every
 action that does not run the task load first prints ``client ready`` after
 one task, so the test knows that the cluster worked.
+
+``leave_on_sigusr2()`` makes SIGUSR2 end any rank through ``os._exit(0)``,
+without MPI_Finalize. MPICH's ``mpirun -disable-auto-cleanup`` then leaves
+the other ranks running, as srun does. A rank killed by a signal makes
+MPICH 5.0's mpirun kill the whole job, even with that flag.
 
 Actions:
 
@@ -17,6 +15,8 @@ Actions:
     Run 3,000 small tasks in a ``with Client()`` block and end normally.
 ``tasks_open_client``
     The same with a Client that the script never closes.
+``end``
+    End normally.
 ``raise``
     Raise ``RuntimeError``.
 ``exit:N``
@@ -42,7 +42,7 @@ import signal
 import sys
 import time
 
-# 3,000 tasks of the normal-end test; the sum of 0..2999 plus 3,000 is
+# The normal-end test runs 3,000 tasks. The sum of 0..2999 plus 3,000 is
 # 4,501,500.
 TASK_COUNT = 3000
 TASK_SUM = 4_501_500
@@ -129,6 +129,8 @@ def run_action(action: str) -> None:
             print("client waited without a signal", flush=True)
             return
 
+    if action == "end":
+        return
     if action == "raise":
         raise RuntimeError("client code failed on purpose")
     if action.startswith("exit:"):

@@ -14,9 +14,9 @@ from mpi4py import MPI
 
 print(f"PID {MPI.COMM_WORLD.rank} {os.getpid()}", flush=True)
 
-from dask_mpi import initialize  # noqa: E402
+from endings_actions import leave_on_sigusr2, run_action
 
-from endings_actions import leave_on_sigusr2, run_action  # noqa: E402
+from dask_mpi import initialize
 
 leave_on_sigusr2()
 kwargs = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}

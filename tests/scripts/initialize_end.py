@@ -2,7 +2,7 @@
 
 Usage: ``mpirun -np N python initialize_end.py exit CODE`` or
 ``... initialize_end.py raise``. The client prints the result of one task
-first, so the test knows that the cluster worked before the script ended.
+first, so the test can check that the cluster worked before the script ended.
 """
 
 import sys
@@ -11,7 +11,7 @@ from dask_mpi import initialize
 
 initialize()
 
-from distributed import Client  # noqa: E402
+from distributed import Client
 
 with Client() as client:
     print(f"client result {client.submit(sum, [1, 2, 3]).result()}", flush=True)

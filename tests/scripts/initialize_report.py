@@ -12,9 +12,8 @@ from dask_mpi import initialize
 kwargs = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
 initialize(**kwargs)
 
-from distributed import Client  # noqa: E402
-
-from cluster_report import print_report  # noqa: E402
+from cluster_report import print_report
+from distributed import Client
 
 with Client() as client:
     print_report(client)

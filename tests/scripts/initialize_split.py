@@ -16,13 +16,14 @@ sub = world.Split(color=0 if in_cluster else 1, key=world.rank)
 if in_cluster:
     initialize(comm=sub)
 
-    from distributed import Client
-
     from cluster_report import print_report
+    from distributed import Client
 
     with Client() as client:
         print_report(client)
 else:
     total = sub.allreduce(world.rank)
-    print(f"plain MPI on world rank {world.rank}: sub size {sub.size}, "
-          f"allreduce {total}", flush=True)
+    print(
+        f"plain MPI on world rank {world.rank}: sub size {sub.size}, allreduce {total}",
+        flush=True,
+    )

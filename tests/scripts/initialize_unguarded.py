@@ -9,13 +9,12 @@ from mpi4py import MPI
 
 print(f"script started on rank {MPI.COMM_WORLD.rank}", flush=True)
 
-from dask_mpi import initialize  # noqa: E402
+from dask_mpi import initialize
 
 initialize(nanny=True)
 
-from distributed import Client  # noqa: E402
-
-from cluster_report import print_report  # noqa: E402
+from cluster_report import print_report
+from distributed import Client
 
 with Client() as client:
     print_report(client)

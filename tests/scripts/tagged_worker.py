@@ -4,4 +4,4 @@ from distributed import Worker
 
 
 class TaggedWorker(Worker):
-    """A plain ``distributed.Worker`` under a name that tests can recognise."""
+    """A plain ``distributed.Worker`` under a name that tests can recognize."""
