@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 import dask.config
@@ -127,6 +128,7 @@ class ClientSession:
         job = self.job
         source = job.layout.scheduler_rank
         if source is None:
+            self._wait_for_worker_ranks()
             return
 
         def ready_or_interrupt() -> Any:
@@ -164,6 +166,20 @@ class ClientSession:
         finally:
             _signals.restore(getattr(self, "_signals", {}))
             self.job.world.close()
+
+    def _wait_for_worker_ranks(self) -> None:
+        """Wait until every worker rank started its workers (no scheduler rank)."""
+        from ._world import TAG_READY
+
+        job = self.job
+        waiting = set(job.layout.worker_ranks)
+        deadline = time.monotonic() + job.options.startup_timeout + 30
+        while waiting:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            source, _ = job.world.recv(
+                None, TAG_READY, remaining, "report that its workers started"
+            )
+            waiting.discard(source)
 
     def watch_for_interrupt(self) -> None:
         """Start a thread that ends the client script when the job ends.

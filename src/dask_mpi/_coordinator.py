@@ -337,22 +337,48 @@ async def join(job: Job) -> int:
 
     Every rank runs this. Rank 0 also collects the other ranks' reports and
     ends the job when all workers were retired or a rank asks it to stop.
+    Waiting for the scheduler and starting the workers both give way to a
+    signal or a close message at once.
     """
     options = job.options
     state = _JoinState(job)
     previous: str | None = None
     timeout: float | None = options.startup_timeout
     while True:
+        waiting = _worker.wait_for_scheduler(
+            options.scheduler_address, options.scheduler_file, timeout, previous
+        )
         try:
-            address = await _worker.wait_for_scheduler(
-                options.scheduler_address, options.scheduler_file, timeout, previous
-            )
+            ended, address = await state.race(waiting)
         except TimeoutError as error:
             if job.rank != 0:
                 return 0
             logger.error("%s", error)
             return EXIT_FAILURE
-        workers = await _start_joined(job, address)
+        if ended:
+            return address
+
+        workers: list[Any] = []
+        try:
+            ended, outcome = await state.race(
+                _start_joined(job, address, workers),
+                give_up=lambda: _scheduler_moved(options.scheduler_file, address),
+            )
+        except Exception as error:
+            await _close_all(workers, options.shutdown_timeout, "start failed")
+            cause = _worker.root_cause(error)
+            logger.warning(
+                "Joining %s failed (%s: %s); waiting for the scheduler again",
+                address,
+                type(cause).__name__,
+                cause,
+            )
+            previous = address
+            continue
+        if ended:
+            await _close_all(workers, options.shutdown_timeout, "dask-mpi job ends")
+            return outcome
+
         outcome = await state.watch(workers)
         await _close_all(workers, options.shutdown_timeout, "dask-mpi job ends")
         if outcome is not None:
@@ -364,7 +390,13 @@ async def join(job: Job) -> int:
         previous, timeout = address, options.rejoin_timeout
 
 
-async def _start_joined(job: Job, address: str) -> list[Any]:
+async def _start_joined(job: Job, address: str, workers: list[Any]) -> None:
+    """Start this rank's workers for ``address``, adding each to ``workers``.
+
+    A worker that cannot reach the scheduler gives up after
+    ``mpi.startup-timeout`` (distributed's ``death_timeout``), so a
+    scheduler that went away during the start does not hold the rank.
+    """
     from . import _nodes, _security
 
     options = job.options
@@ -378,7 +410,6 @@ async def _start_joined(job: Job, address: str) -> list[Any]:
     os.environ[_child.JOINING_VARIABLE] = "1"
     if options.use_nanny:
         _worker.shield_children(options.shutdown_signals)
-    workers = []
     for name in names_on(job, job.rank):
         kwargs = _worker.worker_kwargs(
             options,
@@ -389,11 +420,21 @@ async def _start_joined(job: Job, address: str) -> list[Any]:
             job.host,
             job.security,
         )
-        worker = await _worker.start_worker(address, options, **kwargs)
+        kwargs.setdefault("death_timeout", options.startup_timeout)
+        worker = await _worker.start_worker(address, options, workers, **kwargs)
         _child.install(worker, joining=True)
-        workers.append(worker)
     logger.info("Joined the scheduler at %s", address)
-    return workers
+
+
+def _scheduler_moved(scheduler_file: str | None, address: str) -> str | None:
+    """Return why ``address`` is no longer the scheduler to join, or None."""
+    if scheduler_file:
+        current = _worker.read_scheduler_file(scheduler_file)
+        if current and current != address:
+            return f"the scheduler file now names {current}"
+    if not _worker.scheduler_answers(address):
+        return f"no scheduler answers at {address}"
+    return None
 
 
 class _JoinState:
@@ -409,22 +450,58 @@ class _JoinState:
 
     async def watch(self, workers: list[Any]) -> int | None:
         """Wait until the workers end (None) or the job ends (exit code)."""
-        job = self.job
         while True:
-            found = job.world.poll(None, TAG_CONTROL)
-            if found is not None:
-                outcome = self._handle(found[1])
-                if outcome is not None:
-                    return outcome
-            if job.signal_received is not None:
-                code = 128 + job.signal_received
-                if job.rank == 0:
-                    return self._end(code, f"signal {signal_text(job)}", job.rank)
-                job.world.post(("stop", code, signal_text(job), job.rank), 0)
-                job.signal_received = None
+            outcome = self._check()
+            if outcome is not None:
+                return outcome
             if workers and all(map(_finished, workers)):
                 return None
             await asyncio.sleep(_TICK)
+
+    async def race(self, work: Any, give_up: Any = None) -> tuple[bool, Any]:
+        """Run ``work`` until it finishes or the job ends.
+
+        Returns ``(False, result)`` when ``work`` finished first, and
+        ``(True, exit code)`` when the job ended first; ``work`` is then
+        cancelled. Exceptions of ``work`` propagate. ``give_up``, checked
+        about once a second, cancels ``work`` with a ConnectionError when it
+        returns a reason.
+        """
+        task = asyncio.ensure_future(work)
+        next_check = time.monotonic() + 1.0
+        try:
+            while not task.done():
+                outcome = self._check()
+                if outcome is not None:
+                    return True, outcome
+                if give_up is not None and time.monotonic() > next_check:
+                    next_check = time.monotonic() + 1.0
+                    reason = await asyncio.to_thread(give_up)
+                    if reason:
+                        raise ConnectionError(reason)
+                await asyncio.sleep(_TICK)
+            return False, task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def _check(self) -> int | None:
+        """Handle pending control messages and signals; return an exit code."""
+        job = self.job
+        found = job.world.poll(None, TAG_CONTROL)
+        if found is not None:
+            outcome = self._handle(found[1])
+            if outcome is not None:
+                return outcome
+        if job.signal_received is not None:
+            code = 128 + job.signal_received
+            if job.rank == 0:
+                return self._end(code, f"signal {signal_text(job)}", job.rank)
+            job.world.post(("stop", code, signal_text(job), job.rank), 0)
+            job.signal_received = None
+        return None
 
     def _handle(self, message: tuple) -> int | None:
         job = self.job

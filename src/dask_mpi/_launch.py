@@ -24,7 +24,7 @@ from typing import Any
 from . import _child, _logs, _nodes, _scale, _scheduler, _security, _worker
 from ._layout import Layout, Role, plan
 from ._options import Mode, Options, Style, resolve
-from ._world import TAG_DATA, Channel, World, check_launcher
+from ._world import TAG_DATA, TAG_READY, Channel, World, check_launcher
 from .exceptions import DaskMPIError, StartupError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -325,7 +325,10 @@ async def serve(job: Job) -> int:
     if Role.WORKER in job.role:
         failure = await _start_workers(job, workers)
         if failure is not None:
-            return await _report_failure(job, workers, failure)
+            _report_failure(job, failure)
+        elif job.layout.scheduler_rank is None and job.layout.client_rank is not None:
+            # No scheduler rank watches the registrations, so tell the client.
+            job.world.post(("ready", []), job.layout.client_rank, TAG_READY)
 
     if job.rank == job.layout.coordinator and job.options.scheduler:
         return await coordinate(job, scheduler, workers)
@@ -412,6 +415,9 @@ async def _start_workers(job: Job, workers: list[Any]) -> str | None:
         return await _worker.start_worker(job.address or "", options, **kwargs)
 
     names = names_on(job, job.rank)
+    if not options.scheduler:
+        # Joining an outside scheduler: keep clear of its workers' names.
+        names = [f"{name}-{job.join_tag}" for name in names]
     if options.use_nanny:
         _worker.shield_children(job.options.shutdown_signals)
     with _worker.quiet_failed_start():
@@ -431,14 +437,18 @@ async def _start_workers(job: Job, workers: list[Any]) -> str | None:
     return None
 
 
-async def _report_failure(job: Job, workers: list[Any], message: str) -> int:
-    """Make this rank end the job because its part failed to start."""
-    from ._coordinator import follow
+def _report_failure(job: Job, message: str) -> None:
+    """Ask the coordinator to end the job because this rank failed to start.
 
-    logger.error("%s", message)
-    job.world.post(("stop", EXIT_FAILURE, message, job.rank), job.layout.coordinator)
-    await follow(job, workers)
-    return EXIT_FAILURE
+    The coordinator may be this rank, which then handles its own request.
+    """
+    if job.signal_received is not None:
+        # The signal stopped the start; it, not the failure, ends the job.
+        code, message = 128 + job.signal_received, f"signal {signal_text(job)}"
+    else:
+        code = EXIT_FAILURE
+        logger.error("%s", message)
+    job.world.post(("stop", code, message, job.rank), job.layout.coordinator)
 
 
 def run_serving(job: Job) -> int:

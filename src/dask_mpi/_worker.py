@@ -51,11 +51,19 @@ def worker_kwargs(
     return kwargs
 
 
-async def start_worker(address: str, options: Options, **kwargs: Any) -> Any:
-    """Start one worker of the worker class, connected to ``address``."""
+async def start_worker(
+    address: str, options: Options, started: list[Any] | None = None, **kwargs: Any
+) -> Any:
+    """Start one worker of the worker class, connected to ``address``.
+
+    The worker joins ``started`` before it starts, so that a caller that
+    gives up on the start can still close it.
+    """
     dotted = "distributed.Nanny" if options.use_nanny else options.worker_class
     cls = import_worker_class(dotted)
     worker = cls(address, **kwargs)
+    if started is not None:
+        started.append(worker)
     await worker
     return worker
 

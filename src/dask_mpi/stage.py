@@ -58,12 +58,13 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 # Bytes per broadcast message. Large enough that the per-message latency is
-# negligible, small enough that every leader holds only one chunk in memory.
+# negligible, small enough that the few chunks a leader keeps in memory (see
+# WRITER_QUEUE_CHUNKS) cost little.
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
-# mpi4py passes counts as C int to the MPI-3 calls, so a chunk stays below 2 GiB.
+# Chunks stay well below 2 GiB, the largest count that MPI-3 calls take as a C int.
 MAX_CHUNK_SIZE = 1024 * 1024 * 1024
-# Seconds that the whole unpack step may take on rank 0. Staging that takes
-# longer than this is slower than the import storm it is meant to avoid.
+# Seconds that the whole unpack step may take on rank 0. Ten minutes are enough
+# to move and unpack a few gigabytes at tens of MB/s.
 DEFAULT_TIMEOUT = 600.0
 # Extra seconds that leaders and the other ranks wait past rank 0's deadline,
 # so that rank 0 times out first and its message is the one that is printed.
@@ -78,7 +79,7 @@ POLL_MAX = 0.02
 # waits of a chunk broadcast sleep at most this long.
 TRANSFER_POLL_MAX = 0.001
 # Chunks queued for the writer thread, beyond the one it is writing. Each
-# leader holds at most this many chunks plus two in memory.
+# leader keeps at most this many chunks plus two in memory.
 WRITER_QUEUE_CHUNKS = 2
 # Bytes read at a time when computing an archive's digest.
 DIGEST_BLOCK = 4 * 1024 * 1024
@@ -107,7 +108,11 @@ class StageError(RuntimeError):
 
 
 class StageTimeout(StageError, TimeoutError):
-    """Raised when a wait on other ranks passes the deadline of the unpack step."""
+    """Raised when a wait on other ranks passes the deadline of the unpack step.
+
+    NOTE: TimeoutError is a subclass of OSError, so an ``except OSError`` around
+    code that can raise this must come after an ``except StageTimeout``.
+    """
 
     def __init__(self, activity: str, timeout: float) -> None:
         super().__init__(
@@ -125,7 +130,7 @@ class StageTimeout(StageError, TimeoutError):
 
 @dataclass(frozen=True)
 class PackSummary:
-    """What ``pack_directory`` wrote."""
+    """Summary of one archive written by ``pack_directory``."""
 
     archive: Path
     members: int
@@ -137,7 +142,8 @@ class PackSummary:
 def _normalize_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
     # Whole seconds keep .pyc files valid, because a timestamp .pyc stores the
     # source's mtime as an integer. Integer mtimes also avoid one PAX header per
-    # member. Owner fields are cleared, so the files belong to whoever unpacks.
+    # member. Owner fields are cleared, so the files belong to the user who
+    # unpacks them.
     member.mtime = int(member.mtime)
     member.uid = member.gid = 0
     member.uname = member.gname = ""
@@ -379,7 +385,7 @@ def prepare_target(target: Path, identity: ArchiveIdentity) -> Preparation:
     """Check ``target`` and create an empty staging directory next to it.
 
     Returns a Preparation without a staging directory when ``target`` already
-    holds this archive, and one with an error message when ``target`` cannot
+    contains this archive, and one with an error message when ``target`` cannot
     be written or is a directory that this tool did not make.
     """
     try:
@@ -644,7 +650,7 @@ def allgather_strings(
 
 @dataclass
 class NodeResult:
-    """What one node's leader did, as gathered on rank 0."""
+    """Outcome of staging on one node, as gathered on rank 0."""
 
     host: str
     rank: int
@@ -663,7 +669,7 @@ def split_nodes(world: MPI.Comm, host: str, clock: Clock) -> tuple[MPI.Comm, MPI
 
     Ranks are grouped by shared memory and then by host name. The second split
     matters when processes of one machine run in separate UTS namespaces
-    that simulate several hosts, which MPI still sees as one node. Each node's
+    that simulate several hosts, which MPI still treats as one node. Each node's
     lowest world rank is its leader and rank 0 of the node communicator. The
     leaders' communicator is MPI.COMM_NULL on every other rank.
     """
@@ -784,7 +790,8 @@ class Transfer:
     """Broadcast of the archive from rank 0 of ``comm`` to its other ranks.
 
     The archive goes in chunks of ``chunk_size`` bytes. Their lengths follow
-    from the archive's size, which every rank knows, so only data is sent.
+    from the archive's size, which every rank received before, so only data
+    is sent.
     """
 
     def __init__(
@@ -896,8 +903,9 @@ def _read_header(
                 identify_archive(request.archive, clock.deadline, clock.timeout)
             )
         except StageTimeout:
-            raise
+            raise  # unpack() aborts the job
         except StageError as error:
+            # Every leader learns of the error, so that all ranks exit with it.
             header = {"error": error.message, "exit_code": error.exit_code}
     result: dict[str, Any] = bcast_json(leaders, header, clock, "reading the archive")
     return result
@@ -941,7 +949,6 @@ def _transfer(
         if comm.Get_size() == 1 and not needs:
             return None
         transfer = Transfer(comm, identity, request.chunk_size, clock)
-        assert preparation.staging is not None or not needs
         sink = preparation.staging / "archive" if preparation.staging else None
         if is_sender:
             transfer.send(request.archive, sink)

@@ -354,14 +354,6 @@ def test_cli_no_scheduler_rejoins(start_mpi, tmp_path):
     assert not scheduler_file.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SIGTERM while a --no-scheduler rank's Nanny is starting kills the "
-        "worker process; the Nanny's start error escapes join(), so the rank "
-        "logs a traceback and calls MPI_Abort(1) instead of exiting 143"
-    ),
-)
 def test_cli_no_scheduler_sigterm_during_join(start_mpi, tmp_path):
     scheduler_file = tmp_path / "scheduler.json"
     cluster = start_cluster(start_mpi, scheduler_file, np=2)
@@ -378,14 +370,6 @@ def test_cli_no_scheduler_sigterm_during_join(start_mpi, tmp_path):
     assert_job_ended(joined_result, code=EXIT_SIGTERM)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "when the scheduler goes away while a --no-scheduler rank's Nanny is "
-        "starting, the Nanny waits for the old address for ever: the rank "
-        "never joins the new scheduler in the file"
-    ),
-)
 def test_cli_no_scheduler_rejoins_after_early_loss(start_mpi, tmp_path):
     scheduler_file = tmp_path / "scheduler.json"
     first = start_cluster(start_mpi, scheduler_file, np=2)

@@ -173,14 +173,6 @@ def test_execute_joins_cli_scheduler(start_mpi, tmp_path):
     assert_job_ended(cluster)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "execute(scheduler=False) names its workers PREFIX-RANK like the "
-        "cluster it joins, so the scheduler rejects rank 2's worker as "
-        "'name taken'; the job logs ERROR and still exits 0"
-    ),
-)
 def test_execute_join_names_distinct(start_mpi, tmp_path):
     joined, names_after, cluster = run_joining_job(start_mpi, tmp_path, 3, 3)
 

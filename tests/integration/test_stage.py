@@ -1,8 +1,9 @@
 """``python -m dask_mpi.stage unpack`` under real ``mpirun`` jobs.
 
 The archives here hold a few files, so each job takes about a second. The
-two-host tests use the two network namespaces of ``shared/tools/twonodes.sh``,
-which put even ranks on host node0 and odd ranks on host node1.
+two-host tests run the ranks in two network namespaces with their own host
+names, even ranks on node0 and odd ranks on node1, built by the script in
+``TWO_NODES``.
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def two_nodes_available() -> bool:
 
 
 def unpack_on_two_nodes(archive: Path, target: str, timeout: float = 90) -> Result:
-    """Run the unpack step on 4 ranks spread over the two hosts of twonodes.sh."""
+    """Run the unpack step on 4 ranks, 2 on each simulated host."""
     mpirun = Path(sys.executable).parent / "mpirun"
     job = (
         f'exec "{mpirun}" -np 4 "$RANKHOST" "{sys.executable}" -m dask_mpi.stage '
@@ -282,7 +283,9 @@ def unpack_on_two_nodes(archive: Path, target: str, timeout: float = 90) -> Resu
     )
     command = [str(TWO_NODES), "bash", "-c", job]
     env = dict(os.environ, PATH=f"{mpirun.parent}:{os.environ['PATH']}")
+    # Unbuffered output would let mpirun interleave the lines of two ranks.
     env.pop("PYTHONUNBUFFERED", None)
+
     started = time.monotonic()
     process = subprocess.Popen(
         command,
@@ -299,6 +302,7 @@ def unpack_on_two_nodes(archive: Path, target: str, timeout: float = 90) -> Resu
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         timed_out = True
+
     result = Result(
         command,
         process.returncode,

@@ -80,7 +80,7 @@ def archive(tree: Path, tmp_path: Path) -> Path:
 # pack
 
 
-def test_pack_round_trip_keeps_everything(tree, archive, tmp_path):
+def test_pack_round_trip(tree, archive, tmp_path):
     destination = tmp_path / "out"
     destination.mkdir()
 
@@ -197,7 +197,7 @@ def test_expand_target(template, expected):
     assert stage.expand_target(template, "node7") == Path(expected)
 
 
-def test_expand_target_makes_relative_paths_absolute(tmp_path, monkeypatch):
+def test_expand_relative_target(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     assert stage.expand_target("venv-{host}", "n1") == tmp_path / "venv-n1"
@@ -221,7 +221,7 @@ def test_marker_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("content", [None, "", "{", "[]", '{"size": 1}'])
-def test_read_marker_rejects_missing_or_invalid(tmp_path, content):
+def test_read_marker_invalid(tmp_path, content):
     if content is not None:
         (tmp_path / MARKER_NAME).write_text(content)
 
@@ -289,7 +289,7 @@ def test_identify_archive_times_out(archive):
 IDENTITY = ArchiveIdentity(10240, "cd" * 32)
 
 
-def test_prepare_new_target_creates_staging_next_to_it(tmp_path):
+def test_prepare_new_target_creates_staging(tmp_path):
     target = tmp_path / "nodes" / "n1" / "venv"
 
     preparation = stage.prepare_target(target, IDENTITY)
@@ -302,7 +302,7 @@ def test_prepare_new_target_creates_staging_next_to_it(tmp_path):
     assert not target.exists()
 
 
-def test_prepare_skips_target_with_same_archive(tmp_path):
+def test_prepare_skips_same_archive(tmp_path):
     target = tmp_path / "venv"
     target.mkdir()
     stage.write_marker(target, IDENTITY, {})
@@ -314,7 +314,7 @@ def test_prepare_skips_target_with_same_archive(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["venv"]
 
 
-def test_prepare_replaces_target_of_other_archive(tmp_path):
+def test_prepare_replaces_other_archive(tmp_path):
     target = tmp_path / "venv"
     target.mkdir()
     stage.write_marker(target, ArchiveIdentity(1, "old"), {})
@@ -391,7 +391,7 @@ def test_install_target_unpacks_and_marks(tree, archive, tmp_path):
     assert [path.name for path in target.parent.iterdir()] == ["venv"]
 
 
-def test_install_target_replaces_previous_copy(tree, archive, tmp_path):
+def test_install_replaces_previous_copy(tree, archive, tmp_path):
     target = tmp_path / "staged"
     install(archive, target)
     (tree / "pyvenv.cfg").write_text("home = /other\n")
@@ -453,7 +453,7 @@ def test_member_checker_rejects(members):
             checker(info, "/destination")
 
 
-def test_member_checker_allows_links_out_of_tree():
+def test_checker_allows_outside_links():
     checker = MemberChecker()
 
     python = checker(member("bin/python", tarfile.SYMTYPE, "/usr/bin/python3"), "/d")
@@ -465,7 +465,7 @@ def test_member_checker_allows_links_out_of_tree():
     assert inner.name == "./lib/x.py"
 
 
-def test_member_checker_clears_unsafe_mode_bits():
+def test_checker_clears_unsafe_bits():
     info = member("bin/tool")
     info.mode = 0o6777
 
@@ -619,7 +619,7 @@ print(sorted(m for m in ("mpi4py", "dask", "distributed") if m in sys.modules))
 """
 
 
-def test_module_imports_no_mpi_or_dask():
+def test_import_skips_mpi_and_dask():
     # The module is loaded from its file, because importing dask_mpi.stage
     # runs dask_mpi/__init__.py, which imports dask.
     completed = subprocess.run(
