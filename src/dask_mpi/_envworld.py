@@ -126,6 +126,8 @@ class FileWorld(Channel):
         self.size = size
         self.comm = None
         self._sequence = 0
+        # Why the job talks through files, for the start-up log.
+        self.reason = ""
 
     @classmethod
     def for_job(cls, scheduler_file: str) -> FileWorld:

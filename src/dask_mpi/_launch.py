@@ -107,6 +107,8 @@ def prepare(
     world = open_world(options, style, comm)
     layout = plan(world.size, mode, options, style)
     _logs.configure(world.rank, options.log_level)
+    if world.rank == 0 and getattr(world, "reason", None):
+        logger.info("%s; ranks talk through files in %s", world.reason, world.directory)
     job = Job(mode, style, options, world, layout)
 
     world.open(options.startup_timeout)
@@ -136,11 +138,12 @@ def open_world(options: Options, style: Style, comm: Any) -> Any:
     from ._options import option_name
 
     messaging = options.messaging
+    reason = "--messaging files" if style is Style.CLI else "messaging='files'"
     if messaging == "auto":
         try:
             world = World.of(comm)
         except (ImportError, RuntimeError) as error:
-            logger.info("mpi4py is not usable (%s); ranks talk through files", error)
+            reason = f"mpi4py is not usable ({error})"
             messaging = "files"
         else:
             check_launcher(world.size)
@@ -160,7 +163,9 @@ def open_world(options: Options, style: Style, comm: Any) -> Any:
             f"Give {option_name('scheduler-file', style)} PATH on a filesystem "
             "that every rank can read.",
         )
-    return FileWorld.for_job(options.scheduler_file)
+    files = FileWorld.for_job(options.scheduler_file)
+    files.reason = reason
+    return files
 
 
 def this_rank(comm: Any = None) -> int:
