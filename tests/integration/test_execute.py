@@ -157,14 +157,15 @@ def run_joining_job(start_mpi, tmp_path: Path, cli_np: int, execute_np: int):
 
 
 def test_execute_joins_cli_scheduler(start_mpi, tmp_path):
-    # With 2 ranks, execute()'s only worker is on rank 0, and a CLI cluster
-    # never has a worker of rank 0, so the names cannot collide.
     joined, names_after, cluster = run_joining_job(start_mpi, tmp_path, 2, 2)
 
     assert_job_ended(joined)
     report = parse_report(joined.stdout)
-    # dask_mpi-1 belongs to the CLI cluster, dask_mpi-0 to the joining job.
-    assert worker_names(report) == ["dask_mpi-0", "dask_mpi-1"]
+    # dask_mpi-1 belongs to the CLI cluster. The joining job's worker on rank
+    # 0 carries a tag of its job, so it never collides with a cluster's name.
+    own, joining = worker_names(report)[1], worker_names(report)[0]
+    assert own == "dask_mpi-1"
+    assert re.fullmatch(r"dask_mpi-0-[0-9a-f]{6}", joining), joining
     assert report["scheduler_address"].startswith("tcp://")
     assert report["sum_of_squares"] == SUM_OF_SQUARES
     assert returned_values(joined) == {0: "None", 1: repr(SUM_OF_SQUARES)}
