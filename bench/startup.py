@@ -589,8 +589,13 @@ def steady_table(samples: Samples, tasks: int, size: int) -> str:
 def growth_figures(samples: Samples, args: argparse.Namespace) -> dict:
     sizes = args.growth_sizes
     phase = f"growth-{args.growth_job}"
-    floor = lambda ranks: ("floor", "floor", ranks)  # noqa: E731
-    job = lambda ranks: (phase, "ours", ranks)  # noqa: E731
+
+    def floor(ranks: int) -> tuple:
+        return ("floor", "floor", ranks)
+
+    def job(ranks: int) -> tuple:
+        return (phase, "ours", ranks)
+
     return {
         "floor_startup": slope(samples.points(floor, sizes, "startup")),
         "floor_wall": slope(samples.points(floor, sizes, "wall")),
@@ -618,11 +623,11 @@ def growth_table(samples: Samples, args: argparse.Namespace) -> str:
 
     rows.append([
         "slope", per_rank(slopes["floor_startup"]),
-        f"{per_rank(slopes['job_startup'])} "
-        f"{ratio_cell(ratio(slopes['job_startup'], slopes['floor_startup']))}",
+        (f"{per_rank(slopes['job_startup'])} "
+         f"{ratio_cell(ratio(slopes['job_startup'], slopes['floor_startup']))}"),
         per_rank(slopes["floor_wall"]),
-        f"{per_rank(slopes['job_wall'])} "
-        f"{ratio_cell(ratio(slopes['job_wall'], slopes['floor_wall']))}",
+        (f"{per_rank(slopes['job_wall'])} "
+         f"{ratio_cell(ratio(slopes['job_wall'], slopes['floor_wall']))}"),
         "",
     ])
     return table(["N", "floor: launch → last rank imported",
@@ -697,6 +702,10 @@ def target_rows(samples: Samples, args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
+def _section(title: str, text: str, body: str) -> str:
+    return f"\n### {title}\n\n{text}\n\n{body}"
+
+
 def build_report(samples: Samples, args: argparse.Namespace,
                  machine: list[tuple[str, str]], argv: list[str],
                  elapsed: float) -> str:
@@ -705,9 +714,8 @@ def build_report(samples: Samples, args: argparse.Namespace,
     floor_sizes = sorted(set(args.batch_sizes if "batch" in args.phases else [])
                          | set(args.growth_sizes if "growth" in args.phases else []))
     command = " ".join(["python", "bench/startup.py", *argv])
-    parts = [
-        "## Start-up, shutdown and steady state",
-        "",
+    warmup = " (left out with --no-warmup)." if args.no_warmup else "."
+    introduction = (
         f"Written by `{command}` (run inside `unshare -n` with only the loopback "
         f"interface up) in {elapsed / 60:.1f} minutes. Each cell is the median "
         f"of {args.reps} run(s) with the minimum and maximum in brackets; a "
@@ -716,50 +724,64 @@ def build_report(samples: Samples, args: argparse.Namespace,
         "run. Times are `time.time()` stamps: launch is taken just before the "
         "launcher starts, launcher exit when `waitpid` returns, and the other "
         "stamps are printed by the job (see `bench/jobs/`). One unrecorded "
-        "warm-up run of each kind comes first"
-        + (" (left out with --no-warmup)." if args.no_warmup else "."),
-        "",
-        "### Machine",
-        "",
-        table(["", ""], [[name, value] for name, value in machine]),
-        "",
+        f"warm-up run of each kind comes first{warmup}"
+    )
+    leftovers = (
         f"Processes that outlived their launcher (killed after "
-        f"{_runner.EXIT_GRACE:.0f} s): {samples.leftovers()}.",
-        "",
-        load_sentence(samples, args),
+        f"{_runner.EXIT_GRACE:.0f} s): {samples.leftovers()}."
+    )
+    machine_table = table(["", ""], [[name, value] for name, value in machine])
+    parts = [
+        "## Start-up, shutdown and steady state\n\n" + introduction,
+        _section("Machine", machine_table,
+                 leftovers + "\n\n" + load_sentence(samples, args)),
     ]
     if floor_sizes:
-        parts += ["", "### Floor: `mpirun -np N python -c \"import distributed, "
-                  "mpi4py.MPI\"`", "", "The job prints a stamp after the imports on "
-                  "every rank; start-up and exit are measured from the last rank's.",
-                  "", floor_table(samples, floor_sizes)]
+        parts.append(_section(
+            'Floor: `mpirun -np N python -c "import distributed, mpi4py.MPI"`',
+            "The job prints a stamp after the imports on every rank; start-up "
+            "and exit are measured from the last rank's.",
+            floor_table(samples, floor_sizes),
+        ))
     if "batch" in args.phases:
-        parts += ["", "### Tiny batch job", "", "`initialize()`, `Client()`, one "
-                  "task (`bench/jobs/batch_tiny.py`). Client end is the script's "
-                  "last statement, after `client.close()`. Wall time over floor "
-                  "is the job's median wall time less the floor's at the same N.",
-                  "", batch_table(samples, args.batch_sizes, variants)]
+        parts.append(_section(
+            "Tiny batch job",
+            "`initialize()`, `Client()`, one task (`bench/jobs/batch_tiny.py`). "
+            "Client end is the script's last statement, after `client.close()`. "
+            "Wall time over floor is the job's median wall time less the "
+            "floor's at the same N.",
+            batch_table(samples, args.batch_sizes, variants),
+        ))
     if "cli" in args.phases:
-        parts += ["", "### `dask-mpi` command", "", "`mpirun -np N dask-mpi "
-                  "--scheduler-file F` with default options; the benchmark "
-                  "process connects as the outside client.", "",
-                  cli_table(samples, args.cli_sizes, cli_variants)]
+        parts.append(_section(
+            "`dask-mpi` command",
+            "`mpirun -np N dask-mpi --scheduler-file F` with default options; "
+            "the benchmark process connects as the outside client.",
+            cli_table(samples, args.cli_sizes, cli_variants),
+        ))
     if "steady" in args.phases:
-        parts += ["", "### Steady state", "", f"`mpirun -np {STEADY_RANKS}` with "
-                  "`initialize(nthreads=1)`: 4 workers of 1 thread, the scheduler "
-                  "and the client in processes of their own. LocalCluster runs its "
-                  "scheduler in the client's process and its 4 workers under "
-                  "nannies. Each job warms up first; only the timed calls count.",
-                  "", steady_table(samples, args.steady_tasks, args.steady_size)]
+        parts.append(_section(
+            "Steady state",
+            f"`mpirun -np {STEADY_RANKS}` with `initialize(nthreads=1)`: 4 "
+            "workers of 1 thread, the scheduler and the client in processes of "
+            "their own. LocalCluster runs its scheduler in the client's process "
+            "and its 4 workers under nannies. Each job warms up first; only the "
+            "timed calls count, and the array figure is the median of 3 "
+            "reductions within the job.",
+            steady_table(samples, args.steady_tasks, args.steady_size),
+        ))
     if "growth" in args.phases:
-        parts += ["", "### Start-up growth", "", f"Ranks oversubscribe the "
-                  f"{os.cpu_count()} cores. The slope is a least-squares fit over "
-                  "every run, in milliseconds per extra rank, with its ratio to "
-                  "the floor's slope.", "", growth_table(samples, args)]
-    parts += ["", "### Targets", "", "Reported, not asserted; medians.", "",
-              table(["target", "limit", "measured", "result"],
-                    target_rows(samples, args)), ""]
-    return "\n".join(parts)
+        parts.append(_section(
+            "Start-up growth",
+            f"Ranks oversubscribe the {os.cpu_count()} cores. The slope is a "
+            "least-squares fit over every run, in milliseconds per extra rank, "
+            "with its ratio to the floor's slope.",
+            growth_table(samples, args),
+        ))
+    targets = table(["target", "limit", "measured", "result"],
+                    target_rows(samples, args))
+    parts.append(_section("Targets", "Reported, not asserted; medians.", targets))
+    return "\n".join(parts) + "\n"
 
 
 def load_sentence(samples: Samples, args: argparse.Namespace) -> str:

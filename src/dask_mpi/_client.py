@@ -121,7 +121,7 @@ class ClientSession:
 
         If the job fails while starting, the coordinator sends an interrupt
         instead; then this rank leaves with the job's exit code, because the
-        failing rank has already said why.
+        failing rank has already logged the reason.
         """
         from ._world import TAG_INTERRUPT, TAG_READY
 
@@ -222,7 +222,7 @@ class ClientSession:
                     await lifeline.close()
 
     async def _open_lifeline(self) -> Any:
-        """Open a connection whose loss tells the scheduler rank we died.
+        """Open a connection whose loss shows the scheduler rank that we died.
 
         The operating system closes it when this process dies, however it
         dies, so the scheduler rank notices a killed client at once even
@@ -291,13 +291,18 @@ class ClientSession:
         """Note the exit code that ``error``, leaving the client code, gives."""
         if isinstance(error, SystemExit):
             code = error.code
-            self.code = code if isinstance(code, int) else (0 if code is None else 1)
+            if isinstance(code, int):
+                self.code = code
+            elif code is None:
+                self.code = 0
+            else:
+                self.code = 1
         else:
             self.code = 1
         self.failed = self.code != 0
 
     def exit_code(self) -> int | None:
-        """Return the client's exit code where this process knows it, else None.
+        """Return the client's exit code where this process has it, else None.
 
         A signal or an exception in the client code is known; the argument
         of a ``sys.exit()`` in an ``initialize()`` script is not, because

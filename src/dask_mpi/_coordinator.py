@@ -191,7 +191,7 @@ async def close_cluster(
     if missing:
         listed = ", ".join(job.where(r) for r in missing)
         logger.error(
-            "No answer from %s within %.0f s (mpi.shutdown-timeout); aborting "
+            "No response from %s within %.0f s (mpi.shutdown-timeout); aborting "
             "the job with exit code %d",
             listed,
             timeout,
@@ -260,7 +260,7 @@ async def _wait_sent(requests: list[Any], timeout: float) -> None:
 
 
 async def follow(job: Job, workers: list[Any]) -> int:
-    """Serve this rank's workers until the coordinator says close."""
+    """Serve this rank's workers until the coordinator sends ``close``."""
     coordinator = job.layout.coordinator
     watch = _Watch(job, workers)
     while True:

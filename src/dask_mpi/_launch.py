@@ -3,7 +3,7 @@
 Each rank runs the same steps: check the options, learn its role, exchange
 facts about its node with every other rank, start its part of the cluster,
 and serve until the coordinator (the scheduler rank, or rank 0 when the job
-joins an outside scheduler) says the job ends. Ending goes through MPI: the
+joins an outside scheduler) sends the message that ends the job. Ending goes through MPI: the
 coordinator tells the worker ranks to close, waits for them, closes the
 scheduler with no workers attached, and only then releases the client.
 """
@@ -482,7 +482,7 @@ def run_coroutine(coroutine: Any) -> Any:
 
 
 def wait_for_address(job: Job, background: Background) -> None:
-    """Wait until the serving thread knows the scheduler address."""
+    """Wait until the serving thread has the scheduler address."""
     deadline = time.monotonic() + job.options.startup_timeout + 5
     while job.address is None:
         if not background.thread.is_alive():

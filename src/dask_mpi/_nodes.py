@@ -1,4 +1,4 @@
-"""What each rank knows about its node, and the defaults derived from it.
+"""Facts each rank gathers about its node, and the defaults derived from them.
 
 Ranks are grouped into nodes by host name. Memory and cores of a node are
 shared among all ranks on it (scheduler and client ranks included), because

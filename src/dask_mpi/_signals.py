@@ -12,8 +12,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-# The exit code an interrupt from the coordinator asks for; None for a
-# real signal.
+# The exit code requested by an interrupt from the coordinator, or None
+# for a real signal.
 _pending_code: int | None = None
 
 

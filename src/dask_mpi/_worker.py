@@ -197,7 +197,7 @@ async def wait_for_scheduler(
     timeout: float | None,
     previous: str | None = None,
 ) -> str:
-    """Wait until a scheduler answers and return its address.
+    """Wait until a scheduler accepts connections and return its address.
 
     With a scheduler file, the address is read from it on every try, so a
     new scheduler that rewrote the file is found. ``previous`` is logged as

@@ -46,7 +46,7 @@ def mpi() -> Any:
 
 
 def check_launcher(size: int) -> None:
-    """Raise MPIMismatchError if mpi4py sees one rank but the launcher more.
+    """Raise MPIMismatchError if mpi4py has one rank but the launcher started more.
 
     A singleton world inside a multi-process launch means mpi4py loaded an
     MPI library other than the launcher's, so every process thinks it is

@@ -472,7 +472,7 @@ def test_worker_rank_lost_without_cleanup(start_mpi):
     assert f"tasks sum {KILL_WORKER_SUM}" in result.stdout
     assert_no_leftover_processes(result)
     expected = (
-        f"No answer from rank 3 on {HOST} within 3 s (mpi.shutdown-timeout); "
+        f"No response from rank 3 on {HOST} within 3 s (mpi.shutdown-timeout); "
         "aborting the job with exit code 1"
     )
     if expected not in result.stderr:
