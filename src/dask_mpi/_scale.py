@@ -69,6 +69,7 @@ def check_listen_backlog(workers: int) -> None:
 
 def scaled_timeouts(workers: int) -> dict[str, Any]:
     """Return dask.config settings whose defaults are too short for ``workers``."""
+    import distributed  # noqa: F401  (loads distributed's config defaults)
     from dask.utils import parse_timedelta
 
     settings: dict[str, Any] = {}
