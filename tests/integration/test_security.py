@@ -36,8 +36,12 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 BATCH_SCRIPT = SCRIPTS / "security_batch.py"
 ATTACKER_SCRIPT = SCRIPTS / "security_attacker.py"
 CONNECT_SCRIPT = SCRIPTS / "security_connect.py"
+# The shared/ folder lies beside the checkout, in CI as in development.
 TWO_NODES_TOOL = Path(
-    os.environ.get("DASK_MPI_TWO_NODES_TOOL", "/work/shared/tools/twonodes.sh")
+    os.environ.get(
+        "DASK_MPI_TWO_NODES_TOOL",
+        Path(__file__).resolve().parents[3] / "shared" / "tools" / "twonodes.sh",
+    )
 )
 
 TIMEOUT = 60
