@@ -16,7 +16,7 @@ from dask_mpi import initialize
 kwargs = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
 initialize(**kwargs)
 
-from distributed import Client  # noqa: E402
+from distributed import Client
 
 client = Client()
 if client.submit(operator.add, 1, 2).result() != 3:

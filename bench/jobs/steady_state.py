@@ -32,7 +32,8 @@ def measure(client, tasks, size):
     import dask.array as da
 
     client.wait_for_workers(WORKERS, timeout=60)
-    client.gather(client.map(increment, range(200), key=[f"warm-{i}" for i in range(200)]))
+    warm_keys = [f"warm-{i}" for i in range(200)]
+    client.gather(client.map(increment, range(200), key=warm_keys))
     warm = da.random.random((2 * CHUNK, 2 * CHUNK), chunks=CHUNK)
     (warm + warm.T).sum().compute()
 
@@ -70,11 +71,15 @@ def main():
     elif mode == "local":
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=WORKERS, threads_per_worker=1) as cluster:
-            with Client(cluster) as client:
-                measure(client, tasks, size)
+        with (
+            LocalCluster(n_workers=WORKERS, threads_per_worker=1) as cluster,
+            Client(cluster) as client,
+        ):
+            measure(client, tasks, size)
     else:
-        raise SystemExit(f"steady_state.py: invalid mode {mode!r}: expected mpi or local")
+        raise SystemExit(
+            f"steady_state.py: invalid mode {mode!r}: expected mpi or local"
+        )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ that are normal in a dask-mpi job:
   that joined an outside scheduler (``--no-scheduler``), which log their own
   warning and wait for the scheduler to come back.
 
-The preload also makes the worker process ignore SIGINT and the job's
-shutdown signals: MPICH's mpirun signals each rank's whole process group,
-and the Nanny, not its worker process, handles them.
+The preload also makes the worker process ignore SIGINT, SIGTERM and the
+job's shutdown signals: MPICH's mpirun signals each rank's whole process
+group, and the Nanny, not its worker process, handles them.
 """
 
 from __future__ import annotations

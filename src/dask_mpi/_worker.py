@@ -71,10 +71,11 @@ async def start_worker(
 def shield_children(shutdown_signals: tuple[int, ...]) -> None:
     """Keep signals that mpirun sends to the process group away from children.
 
-    Worker processes ignore SIGINT and the shutdown signals (through the
-    preload in ``_child``), and multiprocessing's resource tracker is
-    started now with those signals ignored, a disposition it keeps, so a
-    walltime signal does not kill it under the Nanny.
+    Worker processes ignore SIGINT, SIGTERM and the shutdown signals
+    (through the preload in ``_child``): their Nanny stops them through its
+    stop queue and, if that fails, with SIGKILL. multiprocessing's resource
+    tracker is started now with the shutdown signals ignored, a disposition
+    it keeps, so a walltime signal does not kill it under the Nanny.
     """
     import signal
     import threading
@@ -82,7 +83,7 @@ def shield_children(shutdown_signals: tuple[int, ...]) -> None:
 
     from . import _child
 
-    numbers = [signal.SIGINT, *shutdown_signals]
+    numbers = [signal.SIGINT, signal.SIGTERM, *shutdown_signals]
     os.environ[_child.IGNORED_SIGNALS_VARIABLE] = ",".join(map(str, numbers))
     if threading.current_thread() is not threading.main_thread():
         resource_tracker.ensure_running()
