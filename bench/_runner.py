@@ -162,9 +162,9 @@ def run_job(
 
     A thread blocks in ``waitpid``, so the exit time is taken within
     microseconds of the launcher's exit, not at a polling interval.
-    ``observe``, if given, runs in this thread while the job runs; it gets a
-    function that returns whether the launcher has exited, and returns
-    named ``time.time()`` stamps that land in ``JobResult.observed``.
+    ``observe``, if given, runs in this thread while the job runs. It gets a
+    function that returns whether the launcher has exited, and it returns
+    named ``time.time()`` stamps, which land in ``JobResult.observed``.
     """
     tag = uuid.uuid4().hex
     environment = dict(env)

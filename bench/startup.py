@@ -7,7 +7,11 @@ MPI and Dask socket stays on this machine::
     unshare -n bash -c 'ip link set lo up; python bench/startup.py'
 
 ``unshare -n`` needs root. Run as root outside such a namespace, the script
-re-executes itself that way; otherwise it stops with an error. The namespace
+first prepares the established package's environment, because pip needs the
+network, and then re-executes itself that way. Run as another user outside
+a namespace, it stops with an error.
+Inside a namespace it needs that environment ready: ``python bench/startup.py
+--prepare-only`` creates it. The namespace
 check looks for interfaces other than ``lo`` in ``/proc/self/net/dev``.
 
 In one run it measures the following, with ``--reps`` repetitions of each
@@ -31,8 +35,9 @@ warm-up run of each kind comes first.
 
 The established package (``dask-mpi==2026.3.0`` by default) has the same
 import name, so it is installed into ``bench/.venv-established``, a virtual
-environment of the same Python with the same ``distributed`` version, and
-reused while its recorded versions match.
+environment of the same Python with the same ``distributed`` and numpy
+versions, and reused while those versions match. numpy matters because
+``import distributed`` loads it whenever it is installed.
 
 The tables are printed and written to ``docs/benchmarks.md`` (``--output``)
 with a machine description, between marker comments: the rest of that
@@ -124,12 +129,26 @@ def own_environment() -> Environment:
     return Environment("ours", bin_dir)
 
 
+# Packages that ``import distributed`` loads whenever they are installed, so
+# the established environment needs them too for the same import cost: with
+# distributed 2026.8, numpy adds 0.12 s to each rank's import (`python -X
+# importtime` on the 2-core machine of docs/benchmarks.md).
+OPTIONAL_IMPORTS = ("numpy",)
+
+
 def _installed_versions(python: Path) -> dict[str, str]:
     code = (
-        "import importlib.metadata as m, json, platform; print(json.dumps({"
-        "'python': platform.python_version(), "
-        "'dask-mpi': m.version('dask-mpi'), 'distributed': m.version('distributed'), "
-        "'mpich': m.version('mpich'), 'mpi4py': m.version('mpi4py')}))"
+        "import importlib.metadata as m, json, platform\n"
+        "def version(name):\n"
+        "    try:\n"
+        "        return m.version(name)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return None\n"
+        "names = ['dask-mpi', 'distributed', 'mpich', 'mpi4py', "
+        f"{', '.join(repr(name) for name in OPTIONAL_IMPORTS)}]\n"
+        "found = {name: version(name) for name in names}\n"
+        "found['python'] = platform.python_version()\n"
+        "print(json.dumps(found))\n"
     )
     output = subprocess.run(
         [str(python), "-c", code], capture_output=True, text=True, check=True
@@ -137,21 +156,24 @@ def _installed_versions(python: Path) -> dict[str, str]:
     return json.loads(output)
 
 
-def established_environment(venv: Path, version: str) -> Environment:
+def established_environment(venv: Path, version: str, offline: bool) -> Environment:
     """Create or reuse the established package's virtual environment.
 
-    It has the same Python and ``distributed`` as this interpreter; one that
-    differs in either, or in the dask-mpi version, is created anew.
+    It has the same Python, ``distributed`` and OPTIONAL_IMPORTS as this
+    interpreter. An environment that differs in any of them, or in the
+    dask-mpi version, is created anew.
     """
-    import importlib.metadata
     import platform
     import shutil
 
+    own = _installed_versions(Path(sys.executable))
     expected = {
         "python": platform.python_version(),
         "dask-mpi": version,
-        "distributed": importlib.metadata.version("distributed"),
+        "distributed": own["distributed"],
     }
+    extras = {name: own[name] for name in OPTIONAL_IMPORTS if own.get(name)}
+    expected.update(extras)
     python = venv / "bin" / "python"
     if python.exists():
         try:
@@ -160,9 +182,17 @@ def established_environment(venv: Path, version: str) -> Environment:
             found = {}
         if all(found.get(key) == value for key, value in expected.items()):
             return Environment("established", venv / "bin")
-        progress(f"recreating {venv}: found {found}, expected {expected}")
-        shutil.rmtree(venv)
+        if not offline:
+            progress(f"recreating {venv}: found {found}, expected {expected}")
+            shutil.rmtree(venv)
 
+    if offline:
+        raise SystemExit(
+            f"startup.py: {venv} is missing or out of date, and pip cannot reach "
+            "the package index from a loopback-only namespace. Create it first "
+            "outside the namespace with `python bench/startup.py --prepare-only`, "
+            "or run the script as root outside a namespace, so that it prepares "
+            "the environment and then enters one itself.")
     progress(f"creating {venv} with dask-mpi=={version}")
     # sys.executable of a virtual environment creates one on the same base Python.
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -171,6 +201,7 @@ def established_environment(venv: Path, version: str) -> Environment:
             str(python), "-m", "pip", "install", "--quiet",
             f"dask-mpi=={version}", "mpich", "mpi4py",
             f"distributed=={expected['distributed']}",
+            *(f"{name}=={extra}" for name, extra in extras.items()),
         ],
         check=True,
     )
@@ -186,9 +217,11 @@ def established_description(environment: Environment | None) -> str | None:
     if environment is None:
         return None
     versions = _installed_versions(environment.bin_dir / "python")
+    extras = "".join(f", {name} {versions[name]}" for name in OPTIONAL_IMPORTS
+                     if versions.get(name))
     return (
         f"{versions['dask-mpi']} (with distributed {versions['distributed']}, "
-        f"mpi4py {versions['mpi4py']}, MPICH {versions['mpich']})"
+        f"mpi4py {versions['mpi4py']}, MPICH {versions['mpich']}{extras})"
     )
 
 
@@ -728,8 +761,9 @@ def build_report(samples: Samples, args: argparse.Namespace,
     warmup = " (left out with --no-warmup)." if args.no_warmup else "."
     if origins:
         written = (
-            "Rebuilt from saved figures (runs inside `unshare -n` with only the "
-            "loopback interface up): " + "; ".join(origins) + "."
+            "Rebuilt from the saved figures of these runs, each inside "
+            "`unshare -n` with only the loopback interface up:\n\n"
+            + "\n".join(f"- {origin}." for origin in origins) + "\n\n"
         )
     else:
         written = (
@@ -737,11 +771,12 @@ def build_report(samples: Samples, args: argparse.Namespace,
             f"loopback interface up) in {elapsed / 60:.1f} minutes."
         )
     introduction = (
-        f"{written} Each cell is the median "
-        f"of the recorded runs (`runs ok`) with the minimum and maximum in brackets; a "
-        "`×` figure is the ratio of medians to the established package's (or, "
-        "for steady state, LocalCluster's throughput over ours) from the same "
-        "run. Times are `time.time()` stamps: launch is taken just before the "
+        f"{written}{'' if origins else ' '}Each cell is the median of the "
+        "recorded runs (`runs ok`), "
+        "with the minimum and maximum in brackets. A `×` figure is the ratio "
+        "of medians to the established package's from the same run; for "
+        "steady state it is LocalCluster's time over ours, so above 1 means "
+        "faster. Times are `time.time()` stamps: launch is taken just before the "
         "launcher starts, launcher exit when `waitpid` returns, and the other "
         "stamps are printed by the job (see `bench/jobs/`). One unrecorded "
         f"warm-up run of each kind comes first{warmup}"
@@ -809,10 +844,13 @@ def load_policy(settings: argparse.Namespace | dict) -> str:
     """Describe how a run waited for a quiet machine."""
     if isinstance(settings, dict):
         settings = argparse.Namespace(**settings)
+    waited = (f"each job waited for other processes to use at most "
+              f"{settings.max_load} cores")
+    if settings.load_retries == 0:
+        return f"{waited}, and no job ran again"
     return (
-        f"each job waited for other processes to use at most {settings.max_load} "
-        f"cores and ran again, up to {settings.load_retries} times, when they "
-        "used more during it"
+        f"{waited} and ran again, up to {settings.load_retries} times, when "
+        "they used more during it"
     )
 
 
@@ -911,6 +949,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         default=DEFAULT_ESTABLISHED_VENV, help="Virtual environment "
                         "of the established package; created if missing (default "
                         "bench/.venv-established).")
+    parser.add_argument("--prepare-only", action="store_true", help="Create or "
+                        "check the established package's virtual environment, "
+                        "which needs the network, and run no job.")
     parser.add_argument("--no-warmup", action="store_true", help="Skip the "
                         "unrecorded warm-up runs (implied by --quick).")
     parser.add_argument("--max-load", type=float, default=0.3, help="Cores that "
@@ -1006,10 +1047,10 @@ def _describe_record(record: dict, phases: list[str]) -> str:
     if done is not None and done < planned:
         stopped = f", stopped after {done} of {planned} jobs"
     return (
-        f"{', '.join(phases)} from `{command}` (saved {facts.get('date')}, "
+        f"{', '.join(phases)}: `{command}`, saved {facts.get('date')}, "
         f"{record['settings']['reps']} repetitions{stopped}, dask-mpi "
-        f"{facts.get('dask-mpi (this repository)', 'unknown')}; "
-        f"{load_policy(record['settings'])})"
+        f"{facts.get('dask-mpi (this repository)', 'unknown')}. There "
+        f"{load_policy(record['settings'])}"
     )
 
 
@@ -1073,7 +1114,16 @@ def main(argv: list[str]) -> int:
     if args.report_from is not None:
         return report_from(args.report_from, args.output)
 
+    # pip needs the network, so the established environment is prepared
+    # before this process enters a loopback-only namespace.
     problem = _runner.namespace_problem()
+    established_venv = None
+    if args.established and ({"batch", "cli"} & set(args.phases)):
+        established_venv = established_environment(
+            args.established_venv.resolve(), args.established_version,
+            offline=problem is None)
+    if args.prepare_only:
+        return 0
     if problem is not None:
         if os.geteuid() != 0:
             raise SystemExit(
@@ -1085,9 +1135,8 @@ def main(argv: list[str]) -> int:
                                      *argv])
 
     environments = {"ours": own_environment()}
-    if args.established and ({"batch", "cli"} & set(args.phases)):
-        environments["established"] = established_environment(
-            args.established_venv.resolve(), args.established_version)
+    if established_venv is not None:
+        environments["established"] = established_venv
     else:
         args.established = False
 

@@ -7,11 +7,11 @@ Usage:
   ``python steady_state.py local TASKS SIZE``
       ``LocalCluster(n_workers=4, threads_per_worker=1)`` for comparison.
 
-Both warm the cluster up first (a few tasks and a small array), then print
-``BENCH-RESULT tasks SECONDS`` for ``client.map`` plus ``client.gather``
-of TASKS tiny tasks, and ``BENCH-RESULT array SECONDS`` for
-``(x + x.T).sum()`` of a SIZE x SIZE random array in 500 x 500 chunks
-(the median of 3 runs, each on a new random array).
+Both warm the cluster up first with a few tasks and a small array. Then
+they print ``BENCH-RESULT tasks SECONDS`` for ``client.map`` plus
+``client.gather`` of TASKS tiny tasks. Last they print ``BENCH-RESULT array
+SECONDS`` for ``(x + x.T).sum()`` of a SIZE x SIZE random array in 500 x 500
+chunks (the median of 3 runs, each on a new random array).
 """
 
 import json
