@@ -336,7 +336,7 @@ async def join(job: Job) -> int:
     """Run workers that join an outside scheduler, re-joining when it returns.
 
     Every rank runs this. Rank 0 also collects the other ranks' reports and
-    ends the job when all workers were retired or a rank asks it to stop.
+    ends the job when all workers were retired or a rank requests a stop.
     Waiting for the scheduler and starting the workers both give way to a
     signal or a close message at once.
     """

@@ -1,4 +1,4 @@
-"""Which rank plays which role: a pure function of (size, options).
+"""Role assignment: a pure function of (size, options).
 
 Nothing here touches MPI, so the rules are tested with tables of cases.
 """
@@ -13,7 +13,7 @@ from .exceptions import UsageError, WorldTooSmallException
 
 
 class Role(enum.Flag):
-    """What one rank does. A rank can combine roles with inclusive workers."""
+    """The work of one rank. A rank can combine roles with inclusive workers."""
 
     NONE = 0
     SCHEDULER = enum.auto()

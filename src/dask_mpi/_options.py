@@ -47,7 +47,7 @@ class Mode(enum.Enum):
 
 
 class Style(enum.Enum):
-    """How option names are spelled in messages."""
+    """The spelling of option names in messages."""
 
     CLI = "cli"
     API = "api"

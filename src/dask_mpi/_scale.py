@@ -1,6 +1,6 @@
 """Settings that keep large jobs healthy: file limits and timeouts.
 
-The scheduler holds about two file descriptors per worker, and a process
+The scheduler uses about two file descriptors per worker, and a process
 started from Python keeps the soft limit it inherited (often 1024), so a
 scheduler rank of a large job raises its soft limit towards the hard one.
 distributed's connect timeout and worker time-to-live assume small

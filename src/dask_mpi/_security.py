@@ -69,7 +69,7 @@ def file_identity(scheduler: Any, security: Any) -> dict[str, Any]:
 def from_scheduler_file(info: dict[str, Any]) -> Any:
     """Return the Security stored in a scheduler file, or None without TLS.
 
-    The file holds one key and certificate, valid for every role, so the
+    The file contains one key and certificate, valid for every role, so the
     same object serves a client and workers that join the cluster.
     """
     tls = info.get("tls")

@@ -8,7 +8,7 @@ catch what they already expect::
      +-- WorldTooSmallException(RuntimeError)
      +-- MPIMismatchError(RuntimeError)  mpi4py's MPI is not the launcher's
      +-- StartupError(RuntimeError)      a role could not start
-     +-- RankTimeoutError(TimeoutError)  another rank did not answer in time
+     +-- RankTimeoutError(TimeoutError)  another rank did not respond in time
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class WorldTooSmallException(DaskMPIError, RuntimeError):
 
 
 class MPIMismatchError(DaskMPIError, RuntimeError):
-    """mpi4py sees one rank while the launcher started several."""
+    """mpi4py has one rank while the launcher started several."""
 
 
 class StartupError(DaskMPIError, RuntimeError):
@@ -77,7 +77,7 @@ class StartupError(DaskMPIError, RuntimeError):
 
 
 class RankTimeoutError(DaskMPIError, TimeoutError):
-    """Another rank did not answer within the configured timeout.
+    """Another rank did not respond within the configured timeout.
 
     Attributes
     ----------
