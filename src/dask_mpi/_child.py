@@ -15,7 +15,8 @@ that are normal in a dask-mpi job:
 
 The preload also makes the worker process ignore SIGINT, SIGTERM and the
 job's shutdown signals: MPICH's mpirun signals each rank's whole process
-group, and the Nanny, not its worker process, handles them.
+group, and the Nanny, not its worker process, handles them. It also makes
+the worker process exit as fast as its rank (see ``_exit``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from typing import Any
 JOINING_VARIABLE = "DASK_MPI_JOINING"
 # Comma-separated signal numbers that worker processes ignore.
 IGNORED_SIGNALS_VARIABLE = "DASK_MPI_CHILD_IGNORES"
+
+# A stream message from the coordinator's scheduler that wakes a worker
+# rank's serving loop as soon as the job ends, instead of at its next poll.
+WAKE_OP = "dask_mpi_wake"
 
 _CLOSING = ("closing", "closed", "closing_gracefully")
 
@@ -68,5 +73,14 @@ def ignore_signals(numbers: str) -> None:
 
 def dask_setup(worker: Any) -> None:
     """Install the filter in this worker process (distributed preload hook)."""
+    from . import _exit
+
     ignore_signals(os.environ.get(IGNORED_SIGNALS_VARIABLE, ""))
+    _exit.arm()
     install(worker, os.environ.get(JOINING_VARIABLE) == "1")
+    # The rank's loop polls MPI instead, so the wake-up has nothing to do here.
+    worker.stream_handlers[WAKE_OP] = _ignore
+
+
+def _ignore(**message: Any) -> None:
+    """Accept a wake-up message in a worker process."""

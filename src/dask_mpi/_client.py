@@ -141,6 +141,7 @@ class ClientSession:
             job.options.startup_timeout + 30,
             source,
             "report that the workers joined",
+            brisk=True,
         )
         if message[0] == "interrupt":
             self.end(message[2])
@@ -215,7 +216,9 @@ class ClientSession:
                     break
                 await asyncio.sleep(0.02)
             while not self._stop_sent.is_set():
-                await asyncio.sleep(0.01)
+                # Dropping the lifeline right after the stop message wakes
+                # the coordinator.
+                await asyncio.sleep(0.002)
         finally:
             if lifeline is not None:
                 with contextlib.suppress(Exception):
@@ -285,6 +288,7 @@ class ClientSession:
                     TAG_CONTROL,
                     job.options.shutdown_timeout + 5,
                     "close the cluster",
+                    brisk=True,
                 )
 
     def record_exit(self, error: BaseException) -> None:

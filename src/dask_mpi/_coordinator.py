@@ -34,6 +34,7 @@ from ._world import TAG_CONTROL, TAG_INTERRUPT, TAG_READY
 logger = logging.getLogger(__name__)
 
 _TICK = 0.02
+_BRISK = 0.05
 _LIVENESS_PERIOD = 1.0
 _LIVENESS_FAILURES = 3
 
@@ -47,10 +48,36 @@ async def _close_all(workers: list[Any], timeout: float, reason: str) -> None:
     await asyncio.gather(*(_worker.close_worker(w, timeout, reason) for w in workers))
 
 
+class _Ticker:
+    """The pace of a serving loop's MPI polls: slow while idle, fast once woken.
+
+    Serving loops poll MPI every ``_TICK``. Polling more often costs every
+    idle rank CPU time (2 % of a core at 5 ms, against 0.6 % at 20 ms), so
+    the events that end a job also arrive over a socket and set
+    :attr:`wake`. A message sent just before the wake-up can take another
+    poll to show up, so after a wake-up the loop polls every millisecond
+    for ``_BRISK`` seconds.
+    """
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+        self.brisk_until = 0.0
+
+    async def pause(self) -> None:
+        if time.monotonic() < self.brisk_until:
+            await asyncio.sleep(0.001)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), _TICK)
+        if self.wake.is_set():
+            self.wake.clear()
+            self.brisk_until = time.monotonic() + _BRISK
+
+
 # ------------------------------------------------------------ coordinator
 
 
-def _intercept_terminate(scheduler: Any) -> asyncio.Event:
+def _intercept_terminate(scheduler: Any, ticker: _Ticker) -> asyncio.Event:
     """Make a client's ``shutdown()`` start the ordered close, not a raw one.
 
     ``Scheduler.close`` with every worker still attached costs time that
@@ -61,6 +88,7 @@ def _intercept_terminate(scheduler: Any) -> asyncio.Event:
 
     async def terminate(**kwargs: Any) -> None:
         requested.set()
+        ticker.wake.set()
 
     scheduler.handlers["terminate"] = terminate
     return requested
@@ -72,14 +100,17 @@ class _Lifeline:
     # Seconds a dropped lifeline may precede the client's stop message.
     GRACE = 2.0
 
-    def __init__(self, scheduler: Any):
+    def __init__(self, scheduler: Any, ticker: _Ticker):
         self.lost_at: float | None = None
+        self.ticker = ticker
         scheduler.handlers[LIFELINE_OP] = self.hold
 
     async def hold(self, comm: Any, rank: int | None = None) -> None:
         with contextlib.suppress(Exception):
             await comm.read()
         self.lost_at = time.monotonic()
+        # The client drops the lifeline right after its stop message.
+        self.ticker.wake.set()
 
     def client_died(self) -> bool:
         return self.lost_at is not None and time.monotonic() - self.lost_at > self.GRACE
@@ -104,6 +135,7 @@ async def _wait_for_end(
     terminate: asyncio.Event,
     ready: asyncio.Task,
     lifeline: _Lifeline,
+    ticker: _Ticker,
 ) -> tuple[int, str, int]:
     """Return (code, reason, decider) of the first event that ends the job."""
     while True:
@@ -136,17 +168,18 @@ async def _wait_for_end(
                     "no worker registered within mpi.startup-timeout",
                     job.rank,
                 )
-        await asyncio.sleep(_TICK)
+        await ticker.pause()
 
 
 async def coordinate(job: Job, scheduler: Any, workers: list[Any]) -> int:
     """Serve as the coordinator until the job ends; return this rank's code."""
-    terminate = _intercept_terminate(scheduler)
-    lifeline = _Lifeline(scheduler)
+    ticker = _Ticker()
+    terminate = _intercept_terminate(scheduler, ticker)
+    lifeline = _Lifeline(scheduler, ticker)
     ready = asyncio.create_task(_announce_ready(job, scheduler))
     try:
         code, reason, decider = await _wait_for_end(
-            job, scheduler, terminate, ready, lifeline
+            job, scheduler, terminate, ready, lifeline, ticker
         )
     finally:
         ready.cancel()
@@ -184,6 +217,8 @@ async def close_cluster(
     message = ("close", code, reason, decider)
     for rank in followers:
         job.world.post(message, rank)
+    if scheduler is not None:
+        _wake_worker_ranks(job, scheduler)
 
     await _close_all(workers, timeout, reason)
     missing = await _collect_closed(job, followers, deadline)
@@ -211,6 +246,22 @@ async def close_cluster(
         logger.info("Cluster closed: %s", reason)
     else:
         logger.info("Cluster closed: %s; exit code %d", reason, code)
+
+
+def _wake_worker_ranks(job: Job, scheduler: Any) -> None:
+    """Make this job's worker ranks look for the close message now.
+
+    Only workers started by this job know the message; a worker that
+    joined from elsewhere would log it as unknown.
+    """
+    ours = _scheduler.expected_names(
+        job.options.name, job.layout.worker_ranks, job.options.workers_per_rank
+    )
+    for state in list(scheduler.workers.values()):
+        stream = scheduler.stream_comms.get(state.address)
+        if stream is not None and state.name in ours:
+            with contextlib.suppress(Exception):
+                stream.send({"op": _child.WAKE_OP})
 
 
 async def _interrupt_client(job: Job, code: int, reason: str, decider: int) -> None:
@@ -263,13 +314,17 @@ async def follow(job: Job, workers: list[Any]) -> int:
     """Serve this rank's workers until the coordinator sends ``close``."""
     coordinator = job.layout.coordinator
     watch = _Watch(job, workers)
+    ticker = _Ticker()
+    for worker in workers:
+        # A Nanny's worker runs in a process of its own, which ignores it.
+        worker.stream_handlers[_child.WAKE_OP] = lambda **_: ticker.wake.set()
     while True:
         found = job.world.poll(coordinator, TAG_CONTROL)
         if found is not None and found[1][0] == "close":
             _, code, reason, decider = found[1]
             break
         await watch.check()
-        await asyncio.sleep(_TICK)
+        await ticker.pause()
 
     await _close_all(workers, job.options.shutdown_timeout, reason)
     request = job.world.post(("closed", job.rank), coordinator)

@@ -119,6 +119,7 @@ class FileWorld(Channel):
 
     poll_first = 0.005
     poll_max = 0.25
+    poll_brisk = 0.02
 
     def __init__(self, directory: str, rank: int, size: int):
         self.directory = directory

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _child, _logs, _nodes, _scale, _scheduler, _security, _worker
+from . import _child, _exit, _logs, _nodes, _scale, _scheduler, _security, _worker
 from ._layout import Layout, Role, plan
 from ._options import Mode, Options, Style, resolve
 from ._world import TAG_DATA, TAG_READY, Channel, World, check_launcher
@@ -104,6 +104,7 @@ def prepare(
     for the others forever.
     """
     options = resolve(mode, style, given, nanny)
+    _exit.arm()
     world = open_world(options, style, comm)
     layout = plan(world.size, mode, options, style)
     _logs.configure(world.rank, options.log_level)
@@ -269,6 +270,7 @@ def receive_address(job: Job) -> None:
         TAG_DATA,
         job.options.startup_timeout,
         "start the scheduler and send its address",
+        brisk=True,
     )
     if payload[0] == "error":
         error = StartupError(payload[1])

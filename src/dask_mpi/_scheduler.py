@@ -206,6 +206,38 @@ def placement(ranks: Iterable[int], infos: Sequence[RankInfo]) -> str:
 _PROGRESS_PERIOD = 10.0
 
 
+class _JoinSignal:
+    """Wakes :func:`wait_for_workers` when a worker registers.
+
+    Registrations arrive in bursts (one per worker rank, or hundreds with
+    several workers per rank), so the waiter looks at the scheduler's
+    worker table once per wake-up rather than once per registration.
+    """
+
+    name = "dask-mpi-wait-for-workers"
+
+    def __init__(self, scheduler: Any):
+        from distributed.diagnostics.plugin import SchedulerPlugin
+
+        event = self.event = asyncio.Event()
+
+        class Plugin(SchedulerPlugin):
+            def add_worker(self, scheduler: Any, worker: str) -> None:
+                event.set()
+
+        self.scheduler = scheduler
+        scheduler.add_plugin(Plugin(), name=self.name)
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), max(timeout, 0.0))
+        self.event.clear()
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):
+            self.scheduler.remove_plugin(name=self.name)
+
+
 async def wait_for_workers(
     scheduler: Any,
     names: dict[str, int],
@@ -222,20 +254,22 @@ async def wait_for_workers(
     deadline = started + timeout
     next_progress = started + _PROGRESS_PERIOD
     seen: set[str] = set()
-    pause = 0.005
-    while True:
-        present = {ws.name for ws in scheduler.workers.values()}
-        for name in sorted(present & names.keys() - seen):
-            logger.debug("Worker %s of rank %d joined", name, names[name])
-        seen |= present & names.keys()
-        now = time.monotonic()
-        if len(seen) == len(names) or now > deadline:
-            break
-        if now > next_progress:
-            logger.info("Workers joined %d/%d so far", len(seen), len(names))
-            next_progress = now + _PROGRESS_PERIOD
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    joined = _JoinSignal(scheduler)
+    try:
+        while True:
+            present = {ws.name for ws in scheduler.workers.values()}
+            for name in sorted(present & names.keys() - seen):
+                logger.debug("Worker %s of rank %d joined", name, names[name])
+            seen |= present & names.keys()
+            now = time.monotonic()
+            if len(seen) == len(names) or now > deadline:
+                break
+            if now > next_progress:
+                logger.info("Workers joined %d/%d so far", len(seen), len(names))
+                next_progress = now + _PROGRESS_PERIOD
+            await joined.wait(min(deadline, next_progress) - now)
+    finally:
+        joined.remove()
 
     elapsed = time.monotonic() - started
     missing = sorted({rank for name, rank in names.items() if name not in seen})

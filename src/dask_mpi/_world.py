@@ -109,6 +109,10 @@ class Channel:
     # one bounds how late a rank notices a message while it idles.
     poll_first = _POLL_FIRST
     poll_max = _POLL_MAX
+    # The bound for short waits on the critical path of start-up and
+    # shutdown, such as the scheduler address. They begin after every rank
+    # finished importing, so frequent polls take no core from a slow rank.
+    poll_brisk = 0.002
 
     def post(self, obj: Any, dest: int, tag: int = TAG_CONTROL) -> Any:
         raise NotImplementedError
@@ -131,8 +135,10 @@ class Channel:
         timeout: float | None,
         rank: int | None,
         what: str,
+        brisk: bool = False,
     ) -> Any:
         deadline, pause = _deadline(timeout), self.poll_first
+        longest = self.poll_brisk if brisk else self.poll_max
         while True:
             result = ready()
             if result:
@@ -145,7 +151,7 @@ class Channel:
                     timeout or 0.0,
                 )
             time.sleep(pause)
-            pause = min(pause * 2, self.poll_max)
+            pause = min(pause * 2, longest)
 
     def send(
         self, obj: Any, dest: int, tag: int = TAG_DATA, timeout: float | None = None
@@ -160,9 +166,13 @@ class Channel:
         tag: int = TAG_DATA,
         timeout: float | None = None,
         what: str = "send a message",
+        brisk: bool = False,
     ) -> Any:
-        """Wait for a message and return ``(source, obj)``."""
-        return self._wait(lambda: self.poll(source, tag), timeout, source, what)
+        """Wait for a message and return ``(source, obj)``.
+
+        ``brisk`` polls more often, for short waits on the critical path.
+        """
+        return self._wait(lambda: self.poll(source, tag), timeout, source, what, brisk)
 
     async def arecv(
         self,
