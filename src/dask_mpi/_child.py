@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Any
 
 # Set in the environment of ranks whose workers joined an outside scheduler.
@@ -41,26 +42,40 @@ _HEARTBEAT = "Failed to communicate with scheduler during heartbeat."
 
 
 class _DropExpectedErrors(logging.Filter):
-    def __init__(self, worker: Any, joining: bool):
+    """Drops the two messages while a worker of this process is closing.
+
+    One filter serves every worker of the process: a rank that runs 100
+    workers would otherwise run 100 filters on every log record.
+    """
+
+    def __init__(self) -> None:
         super().__init__()
-        self.worker = worker
-        self.joining = joining
+        self.workers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.joining = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        message = record.getMessage() if record.args else record.msg
         if message not in (_HEARTBEAT, _DIED):
             return True
         if message == _HEARTBEAT and self.joining:
             return False
-        status = getattr(getattr(self.worker, "status", None), "name", "")
-        return status not in _CLOSING
+        return not any(
+            getattr(getattr(worker, "status", None), "name", "") in _CLOSING
+            for worker in list(self.workers)
+        )
+
+
+_DROP = _DropExpectedErrors()
 
 
 def install(worker: Any, joining: bool) -> None:
-    """Add the filter to distributed's worker and nanny loggers."""
-    drop = _DropExpectedErrors(worker, joining)
+    """Add ``worker`` to the filter on distributed's worker and nanny loggers."""
+    _DROP.workers.add(worker)
+    _DROP.joining = _DROP.joining or joining
     for name in ("distributed.nanny", "distributed.worker"):
-        logging.getLogger(name).addFilter(drop)
+        found = logging.getLogger(name)
+        if _DROP not in found.filters:
+            found.addFilter(_DROP)
 
 
 def ignore_signals(numbers: str) -> None:

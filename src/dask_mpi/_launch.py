@@ -124,7 +124,7 @@ def prepare(
             raise UsageError(option, value, f"{text} on {job.where(info.rank)}", fix)
 
     workers = len(layout.worker_ranks) * options.workers_per_rank
-    _scale.prepare_rank(workers, Role.SCHEDULER in job.role)
+    _scale.prepare_rank(workers, Role.SCHEDULER in job.role, options.workers_per_rank)
     if Role.SCHEDULER in job.role and len({i.environment for i in job.infos}) == 1:
         _scale.deduplicate_version_check()
     job.loopback = (

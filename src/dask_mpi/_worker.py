@@ -62,10 +62,40 @@ async def start_worker(
     dotted = "distributed.Nanny" if options.use_nanny else options.worker_class
     cls = import_worker_class(dotted)
     worker = cls(address, **kwargs)
+    share_log_buffer(worker)
     if started is not None:
         started.append(worker)
     await worker
     return worker
+
+
+# One buffer of recent log records per logger, shared by the process's workers.
+_LOG_BUFFERS: dict[str, logging.Handler] = {}
+
+
+def share_log_buffer(server: Any) -> None:
+    """Make ``server`` keep its recent log records in the process's buffer.
+
+    Each distributed Worker and Nanny adds a handler to its module's logger
+    that keeps the records ``get_logs()`` returns. That handler receives
+    every record of the logger, whichever worker logged it, so K workers in
+    one process keep K copies of the same records, and each record passes
+    through K handlers. Sharing one handler keeps one copy.
+    """
+    own = getattr(server, "_deque_handler", None)
+    if own is None:
+        return
+    for name in ("distributed.worker", "distributed.nanny"):
+        found = logging.getLogger(name)
+        if own in found.handlers:
+            shared = _LOG_BUFFERS.setdefault(name, own)
+            if shared is not own:
+                found.removeHandler(own)
+                server._deque_handler = shared
+            # The first owner removes it from the logger when it is freed.
+            if shared not in found.handlers:
+                found.addHandler(shared)
+            return
 
 
 def shield_children(shutdown_signals: tuple[int, ...]) -> None:

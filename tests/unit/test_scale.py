@@ -44,3 +44,18 @@ def test_user_timeouts_kept():
         settings = _scale.scaled_timeouts(1000)
 
     assert "distributed.comm.timeouts.connect" not in settings
+
+
+def test_monitor_interval_grows_with_workers_per_rank():
+    assert _scale.shared_monitor(1) == {}
+    assert _scale.shared_monitor(4) == {
+        "distributed.admin.system-monitor.interval": "2000ms"
+    }
+    assert _scale.shared_monitor(100) == {
+        "distributed.admin.system-monitor.interval": "5000ms"
+    }
+
+
+def test_monitor_interval_set_by_user_kept():
+    with dask.config.set({"distributed.admin.system-monitor.interval": "1s"}):
+        assert _scale.shared_monitor(100) == {}

@@ -59,3 +59,35 @@ def test_same_result_when_all_agree(patched):
 
 def test_patch_applies_once(patched):
     assert _scale.deduplicate_version_check() is False
+
+
+def test_same_result_through_joins_and_leaves(patched):
+    scheduler = _record(dask="1", numpy="2")
+    workers: dict[str, dict] = {}
+    steps = [f"w{i}" for i in range(20)] + ["odd"] + [f"v{i}" for i in range(5)]
+    for name in steps:
+        numpy = "3" if name == "odd" else "2"
+        workers[name] = _record(dask="1", numpy=numpy)
+        ours = versions.error_message(scheduler, dict(workers), workers[name], name)
+        theirs = patched(scheduler, dict(workers), workers[name], name)
+        assert ours == theirs, name
+
+    del workers["odd"]
+    workers["late"] = _record(dask="1", numpy="2")
+    ours = versions.error_message(scheduler, dict(workers), workers["late"], "late")
+    theirs = patched(scheduler, dict(workers), workers["late"], "late")
+
+    assert ours == theirs
+    assert "numpy" not in ours.get("warning", "")
+
+
+def test_same_result_after_several_join_at_once(patched):
+    scheduler = _record(dask="1")
+    first = {"a": _record(dask="1")}
+    versions.error_message(scheduler, first, first["a"], "a")
+    both = {**first, "b": _record(dask="2"), "c": _record(dask="1")}
+
+    ours = versions.error_message(scheduler, both, both["c"], "c")
+
+    assert ours == patched(scheduler, both, both["c"], "c")
+    assert "dask" in ours["warning"]
