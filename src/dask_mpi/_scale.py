@@ -159,11 +159,12 @@ class _DistinctRecords:
 
     The scheduler calls the check once per registration with every
     registered worker, the new one included, and the new worker's record
-    as ``source``. While the representative workers are still registered and at most
-    one worker joined since the last call, the only record that can be new
-    is ``source``, so a call costs one lookup per distinct record. Anything
-    else (a representative worker left, several joined, the first call) rebuilds the
-    table from every worker, as distributed's own check would read them.
+    as ``source``. While the representative workers are still registered
+    and at most one worker joined since the last call, the only record
+    that can be new is ``source``, so a call costs one lookup per distinct
+    record. Anything else (a representative left, several joined, the
+    first call) rebuilds the table from every worker, as distributed's own
+    check would read them.
     """
 
     def __init__(self) -> None:
