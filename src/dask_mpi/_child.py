@@ -94,8 +94,8 @@ def dask_setup(worker: Any) -> None:
     _exit.arm()
     install(worker, os.environ.get(JOINING_VARIABLE) == "1")
     # The rank's loop polls MPI instead, so the wake-up has nothing to do here.
-    worker.stream_handlers[WAKE_OP] = _ignore
+    worker.stream_handlers[WAKE_OP] = ignore_wake
 
 
-def _ignore(**message: Any) -> None:
+def ignore_wake(**message: Any) -> None:
     """Accept a wake-up message in a worker process."""

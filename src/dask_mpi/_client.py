@@ -9,7 +9,6 @@ import threading
 import time
 from typing import Any
 
-import dask.config
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +40,8 @@ class ClientConfig:
     """Sets the client rank's dask.config and restores it when the job ends."""
 
     def __init__(self, address: str, security: Any):
+        import dask.config
+
         self._config: Any = dask.config.set(client_config(address, security))
 
     def restore(self) -> None:

@@ -228,7 +228,8 @@ async def close_cluster(
         listed = ", ".join(job.where(r) for r in missing)
         logger.error(
             "No response from %s within %.0f s (mpi.shutdown-timeout); aborting "
-            "the job with exit code %d",
+            "the job with exit code %d. A rank that died, or whose worker runs "
+            "a task that holds the GIL, cannot answer.",
             listed,
             timeout,
             code or EXIT_FAILURE,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import dask.config
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +83,7 @@ def shared_monitor(per_rank: int) -> dict[str, Any]:
     interval grows with the workers per process, up to 5 s, unless the
     user set it. The memory limit's own monitor is left alone.
     """
+    import dask.config
     import distributed  # noqa: F401  (loads distributed's config defaults)
     from dask.utils import parse_timedelta
 
@@ -97,6 +97,7 @@ def shared_monitor(per_rank: int) -> dict[str, Any]:
 
 def scaled_timeouts(workers: int) -> dict[str, Any]:
     """Return dask.config settings whose defaults are too short for ``workers``."""
+    import dask.config
     import distributed  # noqa: F401  (loads distributed's config defaults)
     from dask.utils import parse_timedelta
 
@@ -114,6 +115,8 @@ def scaled_timeouts(workers: int) -> dict[str, Any]:
 
 def prepare_rank(workers: int, scheduler: bool, per_rank: int = 1) -> None:
     """Apply the limits and timeouts for a job of ``workers`` workers."""
+    import dask.config
+
     dask.config.set(scaled_timeouts(workers))
     dask.config.set(shared_monitor(per_rank))
     if scheduler:

@@ -479,6 +479,30 @@ def test_worker_rank_lost_without_cleanup(start_mpi):
         raise MissingMessage(result.describe())
 
 
+def test_straggler_holding_gil_cannot_hold_job(start_mpi):
+    # The worker of rank 3 sleeps 120 s in C with the GIL held, so its rank
+    # never confirms that it closed; the coordinator's deadline ends the job.
+    job = start_script(
+        start_mpi, "initialize", "straggler", np=4, kwargs={"shutdown_timeout": 3}
+    )
+    job.wait_for_output(r"straggler running", timeout=STARTUP_SECONDS)
+    started = time.monotonic()
+
+    result = end_within(job)
+
+    assert result.returncode == 1, result.describe()
+    assert "straggler on dask_mpi-3" in result.stdout
+    assert time.monotonic() - started < 30, result.describe()
+    assert_no_leftover_processes(result)
+    expected = (
+        f"No response from rank 3 on {HOST} within 3 s (mpi.shutdown-timeout); "
+        "aborting the job with exit code 1"
+    )
+    if expected not in result.stderr:
+        raise MissingMessage(result.describe())
+    assert_quiet(result, ignore=(re.escape(expected),))
+
+
 # ---------------------------------------------------------------- signals
 
 

@@ -28,6 +28,9 @@ Actions:
 ``wait``
     Sleep up to 120 s with the Client open, so that the test can signal a
     rank or mpirun.
+``straggler``
+    Start a task that holds the GIL for 120 s on the highest-ranked worker,
+    so that its rank cannot answer, then end normally.
 ``kill_worker:SIGNAL``
     Send SIGNAL (``KILL`` or ``USR2``) to the process of the highest-ranked
     worker while tasks run, then wait for the results. Under a Nanny that
@@ -104,6 +107,24 @@ def kill_worker_during_tasks(client, number: int) -> None:
     print(f"worker {name} restarted {after.get(name) != before[name]}", flush=True)
 
 
+def hold_gil(seconds: int) -> None:
+    """Sleep in C without releasing the GIL, as a stuck extension would."""
+    import ctypes
+
+    print("straggler running", flush=True)
+    ctypes.PyDLL(None).sleep(seconds)
+
+
+def start_straggler(client) -> None:
+    """Start ``hold_gil`` on the highest-ranked worker and return."""
+    workers = client.scheduler_info()["workers"]
+    address = max(workers, key=lambda a: int(str(workers[a]["name"]).rsplit("-", 1)[1]))
+    print(f"straggler on {workers[address]['name']}", flush=True)
+    client.submit(hold_gil, WAIT_SECONDS, workers=[address], pure=False)
+    # The task prints from the worker's rank once it runs.
+    time.sleep(2)
+
+
 def run_action(action: str) -> None:
     """End the client code in the way ``action`` names."""
     from distributed import Client
@@ -123,6 +144,9 @@ def run_action(action: str) -> None:
         if action.startswith("kill_worker:"):
             name = "SIG" + action.split(":", 1)[1]
             kill_worker_during_tasks(client, signal.Signals[name])
+            return
+        if action == "straggler":
+            start_straggler(client)
             return
         if action == "wait":
             time.sleep(WAIT_SECONDS)

@@ -76,3 +76,23 @@ def test_ticker_wakes_early_then_polls_briskly(monkeypatch):
     assert idle >= 0.45
     assert woken < 0.4
     assert brisk
+
+
+HEAVY_MODULES = """
+import sys
+import dask_mpi
+print(sorted(m for m in ("dask", "distributed", "mpi4py", "click", "yaml") if m in sys.modules))
+"""
+
+
+def test_package_import_stays_light():
+    done = subprocess.run(
+        [sys.executable, "-c", HEAVY_MODULES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.strip() == "[]"
