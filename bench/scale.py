@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -49,16 +50,29 @@ def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]
     scheduler_file = os.path.join(directory, "scheduler.json")
     mpirun = Path(sys.executable).parent / "mpirun"
     command = [
-        str(mpirun), "-np", str(ranks), "dask-mpi",
-        "--scheduler-file", scheduler_file,
-        "--workers-per-rank", str(per_rank),
-        "--worker-class", "distributed.Worker",
-        "--nthreads", "1", "--memory-limit", "0", "--no-dashboard",
-        "--startup-timeout", str(int(timeout)),
+        str(mpirun),
+        "-np",
+        str(ranks),
+        "dask-mpi",
+        "--scheduler-file",
+        scheduler_file,
+        "--workers-per-rank",
+        str(per_rank),
+        "--worker-class",
+        "distributed.Worker",
+        "--nthreads",
+        "1",
+        "--memory-limit",
+        "0",
+        "--no-dashboard",
+        "--startup-timeout",
+        str(int(timeout)),
     ]
     started = time.monotonic()
     job = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL,
+        command,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(directory, "stderr.txt"), "w"),
     )
     try:
@@ -79,9 +93,17 @@ def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
+    # The scheduler rank starts after every rank reached the start-up
+    # exchange, so its own count runs from the last rank's start.
+    log = Path(directory, "stderr.txt").read_text()
+    joined = re.search(r"Workers joined \d+/\d+ in ([\d.]+) s", log)
     return {
-        "workers": count, "ranks": ranks, "registered": registered,
-        "shutdown": ended, "exit": job.returncode,
+        "workers": count,
+        "ranks": ranks,
+        "registered": registered,
+        "joined": float(joined.group(1)) if joined else math.nan,
+        "shutdown": ended,
+        "exit": job.returncode,
     }
 
 
@@ -119,8 +141,11 @@ def run_baseline(workers: int, deduplicate: bool, leave_first: bool) -> dict:
         % (str(Path(__file__).parent), workers, deduplicate, leave_first)
     )
     output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True,
-        timeout=1800, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
     )
     return json.loads(output.stdout.strip().splitlines()[-1])
 
@@ -142,10 +167,12 @@ def describe_machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="100,300,1000",
-                        help="comma-separated worker counts")
-    parser.add_argument("--per-rank", type=int, default=100,
-                        help="workers started on each worker rank")
+    parser.add_argument(
+        "--workers", default="100,300,1000", help="comma-separated worker counts"
+    )
+    parser.add_argument(
+        "--per-rank", type=int, default=100, help="workers started on each worker rank"
+    )
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--output", type=Path, default=PAGE)
@@ -160,8 +187,10 @@ def main() -> None:
             plain = run_baseline(count, deduplicate=False, leave_first=False)
             ours = run_baseline(count, deduplicate=True, leave_first=True)
             row.update(
-                base_registered=plain["registered"], base_close=plain["close"],
-                dedup_registered=ours["registered"], first_close=ours["close"],
+                base_registered=plain["registered"],
+                base_close=plain["close"],
+                dedup_registered=ours["registered"],
+                first_close=ours["close"],
             )
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -177,17 +206,21 @@ def render(rows: list[dict], per_rank: int) -> str:
         f" objects, {per_rank} per rank, 1 thread each, on loopback.",
         "",
         "| workers | ranks | dask-mpi: launch -> all registered (s) | "
+        "dask-mpi: scheduler start -> all registered (s) | "
         "dask-mpi: shutdown() -> launcher exit (s) | in-process register, "
         "distributed's check (s) | same, dask-mpi's check (s) | "
         "Scheduler.close() with workers attached (s) | workers leave first (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+
         def cell(key: str) -> str:
             return f"{r[key]:.2f}" if key in r else "-"
+
         lines.append(
             f"| {r['ours_workers']} | {r['ours_ranks']} | {cell('ours_registered')}"
-            f" | {cell('ours_shutdown')} | {cell('base_registered')} | "
+            f" | {cell('ours_joined')} | {cell('ours_shutdown')} | "
+            f"{cell('base_registered')} | "
             f"{cell('dedup_registered')} | {cell('base_close')} | "
             f"{cell('first_close')} |"
         )

@@ -155,10 +155,30 @@ def quiet_failed_start() -> Iterator[None]:
         worker_logger.removeFilter(dropper)
 
 
+def _kill_starting_process(nanny: Any) -> None:
+    """Kill the worker process of a Nanny that is still starting it.
+
+    distributed 2026.8's Nanny waits for a starting worker process to finish
+    its start before it stops it, and a process whose scheduler went away
+    keeps trying for the whole ``death_timeout`` (60 s here). The process
+    has not registered with any scheduler yet, so nothing is lost, and it
+    ignores SIGTERM (see ``shield_children``), so it gets SIGKILL.
+    """
+    import signal
+
+    process = getattr(nanny, "process", None)
+    status = getattr(getattr(process, "status", None), "name", "")
+    pid = getattr(process, "pid", None) if status == "starting" else None
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def close_worker(worker: Any, timeout: float, reason: str) -> None:
     """Close ``worker`` within ``timeout`` seconds; closing twice is harmless."""
     from distributed import Worker
 
+    _kill_starting_process(worker)
     kwargs: dict[str, Any] = {"reason": reason}
     if isinstance(worker, Worker):
         # Running tasks are abandoned: the job is ending, and a long task

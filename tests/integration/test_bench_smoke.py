@@ -1,7 +1,9 @@
-"""Smoke test of the benchmark script ``bench/startup.py`` in its quick mode."""
+"""Smoke tests of the benchmark scripts in ``bench/`` at their smallest sizes."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +24,16 @@ def test_bench_quick_writes_tables(tmp_path):
     raw = tmp_path / "raw.json"
     # On timeout the script gets SIGTERM, on which it kills its running job.
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--no-established",
-         "--output", str(output), "--raw", str(raw)],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--no-established",
+            "--output",
+            str(output),
+            "--raw",
+            str(raw),
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -38,8 +48,10 @@ def test_bench_quick_writes_tables(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             stdout, stderr = process.communicate()
-        pytest.fail(f"bench/startup.py --quick ran longer than {TIMEOUT} s\n"
-                    f"stderr:\n{stderr}", pytrace=False)
+        pytest.fail(
+            f"bench/startup.py --quick ran longer than {TIMEOUT} s\nstderr:\n{stderr}",
+            pytrace=False,
+        )
     details = f"stdout:\n{stdout}\nstderr:\n{stderr}"
 
     assert process.returncode == 0, details
@@ -53,3 +65,75 @@ def test_bench_quick_writes_tables(tmp_path):
     assert "| slope |" in report
     assert "## Targets" in report
     assert "failed" not in report, report
+
+
+def _run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a benchmark script in its own process group; kill it on timeout."""
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{args[0]} ran longer than {timeout} s\n{stderr}", pytrace=False)
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.timeout(300)
+def test_scale_bench_smallest_size(tmp_path):
+    output = tmp_path / "benchmarks.md"
+    script = str(REPO_ROOT / "bench" / "scale.py")
+
+    done = _run_bench(
+        [
+            script,
+            "--workers",
+            "6",
+            "--per-rank",
+            "3",
+            "--no-baseline",
+            "--timeout",
+            "120",
+            "--output",
+            str(output),
+        ],
+        timeout=240,
+    )
+
+    details = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 0, details
+    assert done.stderr == "", details
+    report = output.read_text()
+    assert "## Scale" in report
+    assert "| 6 | 3 |" in report, report
+    assert "| nan |" not in report, report
+
+
+@pytest.mark.timeout(300)
+def test_imports_bench_writes_table(tmp_path):
+    output = tmp_path / "benchmarks.md"
+
+    done = _run_bench(
+        [
+            str(REPO_ROOT / "bench" / "imports.py"),
+            "--reps",
+            "1",
+            "--output",
+            str(output),
+        ],
+        timeout=240,
+    )
+
+    details = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 0, details
+    assert done.stderr == "", details
+    report = output.read_text()
+    assert "## Imports" in report
+    assert "| the package (every entry point) | `import dask_mpi` |" in report
