@@ -84,7 +84,7 @@ def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]
         with Client(scheduler_file=scheduler_file, timeout=timeout) as client:
             client.wait_for_workers(expected, timeout=timeout)
             registered = time.monotonic() - started
-            count = len(client.scheduler_info(n_workers=-1)["workers"])
+            count = len(client.nthreads())
             ending = time.monotonic()
             client.shutdown()
         job.wait(timeout)

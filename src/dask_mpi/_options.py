@@ -38,7 +38,8 @@ def load_defaults() -> None:
     import yaml
 
     with open(_YAML) as f:
-        defaults = yaml.safe_load(f)
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        defaults = yaml.load(f, Loader=loader)  # noqa: S506 (a safe loader)
     dask.config.update_defaults(defaults)
     _defaults_loaded = True
 
