@@ -1,4 +1,4 @@
-"""What each rank imports before it can do its part, from ``python -X importtime``.
+"""Import costs of each rank's parts, from ``python -X importtime``.
 
 Each statement below runs in a fresh interpreter with ``-X importtime``.
 The table gives, as medians over the repetitions, the import time (the

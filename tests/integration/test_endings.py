@@ -480,8 +480,8 @@ def test_worker_rank_lost_without_cleanup(start_mpi):
 
 
 def test_straggler_holding_gil_cannot_hold_job(start_mpi):
-    # The worker of rank 3 sleeps 120 s in C with the GIL held, so its rank
-    # never confirms that it closed; the coordinator's deadline ends the job.
+    # The worker of rank 3 sleeps 120 s in C with the GIL held. Its rank never
+    # confirms that it closed, so the coordinator's deadline ends the job.
     job = start_script(
         start_mpi, "initialize", "straggler", np=4, kwargs={"shutdown_timeout": 3}
     )

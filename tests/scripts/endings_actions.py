@@ -30,7 +30,7 @@ Actions:
     rank or mpirun.
 ``straggler``
     Start a task that holds the GIL for 120 s on the highest-ranked worker,
-    so that its rank cannot answer, then end normally.
+    so that its rank cannot reply to the close message, then end normally.
 ``kill_worker:SIGNAL``
     Send SIGNAL (``KILL`` or ``USR2``) to the process of the highest-ranked
     worker while tasks run, then wait for the results. Under a Nanny that
