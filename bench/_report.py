@@ -27,15 +27,11 @@ class Summary:
         """Summarize ``samples``, or return None when there are none."""
         if not samples:
             return None
-        return cls(
-            statistics.median(samples), min(samples), max(samples), len(samples)
-        )
+        return cls(statistics.median(samples), min(samples), max(samples), len(samples))
 
     def cell(self, unit: str = "s") -> str:
         """Format as ``median (min–max)`` with a unit."""
-        return (
-            f"{self.median:.2f} {unit} ({self.minimum:.2f}–{self.maximum:.2f})"
-        )
+        return f"{self.median:.2f} {unit} ({self.minimum:.2f}–{self.maximum:.2f})"
 
 
 def cell(summary: Summary | None, unit: str = "s") -> str:
@@ -114,11 +110,15 @@ def _git_commit(repository: Path) -> str:
     try:
         commit = subprocess.run(
             ["git", "-C", str(repository), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repository), "status", "--porcelain", "--", "src"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -143,8 +143,10 @@ def machine_description(
     if commit != commit_at_start:
         commit = f"{commit_at_start} at the start of the run, {commit} at its end"
     facts = [
-        ("date", datetime.datetime.now(datetime.timezone.utc).strftime(
-            "%Y-%m-%d %H:%M UTC")),
+        (
+            "date",
+            datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        ),
         ("CPU", _cpu_model()),
         ("cores", f"{os.cpu_count()} ({usable} usable by this process)"),
         ("memory", _memory()),
@@ -154,9 +156,27 @@ def machine_description(
         ("mpi4py", _version("mpi4py")),
         ("distributed", _version("distributed")),
         ("dask", _version("dask")),
-        ("dask-mpi (this repository)",
-         f"{_version('dask-mpi')}, commit {commit}"),
+        ("dask-mpi (this repository)", f"{_version('dask-mpi')}, commit {commit}"),
         ("dask-mpi (established, PyPI)", established or "not measured"),
         ("network", "loopback only (unshare -n)"),
     ]
     return facts
+
+
+def replace_section(path: Path, mark: str, title: str, body: str) -> None:
+    """Replace the text between two ``mark`` lines of ``path``, or append it.
+
+    Text outside the marks, such as notes written by hand, is kept. The
+    page is replaced in one rename, so a failed run leaves it whole.
+    """
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{mark}\n## {title}\n\n{body}\n{mark}\n"
+    if mark in text:
+        before, _, rest = text.partition(mark)
+        _, _, after = rest.partition(mark)
+        text = before + section + after.lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _report import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "benchmarks.md"
 MARK = "<!-- imports benchmark -->"
@@ -83,7 +85,7 @@ def main() -> None:
 
     table = render(rows, args.reps)
     print(table)
-    write_page(args.output, table)
+    replace_section(args.output, MARK, "Imports", table)
 
 
 def render(rows: list[tuple[str, str, float, float]], reps: int) -> str:
@@ -101,21 +103,6 @@ def render(rows: list[tuple[str, str, float, float]], reps: int) -> str:
             f"| {purpose} | `{statement}` | {seconds * 1000:.0f} ms | {modules:.0f} |"
         )
     return "\n".join(lines)
-
-
-def write_page(path: Path, table: str) -> None:
-    """Replace the imports section of the benchmark page, or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{MARK}\n## Imports\n\n{table}\n{MARK}\n"
-    if MARK in text:
-        before, _, rest = text.partition(MARK)
-        _, _, after = rest.partition(MARK)
-        text = before + section + after.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "benchmarks.md"
 MARK = "<!-- scale benchmark -->"
@@ -197,7 +199,7 @@ def main() -> None:
 
     table = render(rows, args.per_rank)
     print(table)
-    write_page(args.output, table)
+    replace_section(args.output, MARK, "Scale", table)
 
 
 def render(rows: list[dict], per_rank: int) -> str:
@@ -225,21 +227,6 @@ def render(rows: list[dict], per_rank: int) -> str:
             f"{cell('first_close')} |"
         )
     return "\n".join(lines)
-
-
-def write_page(path: Path, table: str) -> None:
-    """Replace the scale section of the benchmark page, or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{MARK}\n## Scale\n\n{table}\n{MARK}\n"
-    if MARK in text:
-        before, _, rest = text.partition(MARK)
-        _, _, after = rest.partition(MARK)
-        text = before + section + after.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 if __name__ == "__main__":

@@ -471,12 +471,18 @@ def test_worker_rank_lost_without_cleanup(start_mpi):
     assert result.returncode == 1, result.describe()
     assert f"tasks sum {KILL_WORKER_SUM}" in result.stdout
     assert_no_leftover_processes(result)
+    assert_aborted_for_rank(result, 3)
+
+
+def assert_aborted_for_rank(result: Result, rank: int) -> str:
+    """Check the coordinator's message that ``rank`` did not close; return it."""
     expected = (
-        f"No response from rank 3 on {HOST} within 3 s (mpi.shutdown-timeout); "
-        "aborting the job with exit code 1"
+        f"No response from rank {rank} on {HOST} within 3 s "
+        "(mpi.shutdown-timeout); aborting the job with exit code 1"
     )
     if expected not in result.stderr:
         raise MissingMessage(result.describe())
+    return expected
 
 
 def test_straggler_holding_gil_cannot_hold_job(start_mpi):
@@ -494,12 +500,7 @@ def test_straggler_holding_gil_cannot_hold_job(start_mpi):
     assert "straggler on dask_mpi-3" in result.stdout
     assert time.monotonic() - started < 30, result.describe()
     assert_no_leftover_processes(result)
-    expected = (
-        f"No response from rank 3 on {HOST} within 3 s (mpi.shutdown-timeout); "
-        "aborting the job with exit code 1"
-    )
-    if expected not in result.stderr:
-        raise MissingMessage(result.describe())
+    expected = assert_aborted_for_rank(result, 3)
     assert_quiet(result, ignore=(re.escape(expected),))
 
 

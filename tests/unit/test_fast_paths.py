@@ -23,13 +23,19 @@ print("before", gc.get_freeze_count())
 """
 
 
-def test_exit_freezes_heap_after_handlers():
-    done = subprocess.run(
-        [sys.executable, "-c", FREEZE_AT_EXIT],
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter; return the finished process."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
+
+
+def test_exit_freezes_heap_after_handlers():
+    done = run_python(FREEZE_AT_EXIT)
 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
@@ -86,12 +92,7 @@ print(sorted(m for m in ("dask", "distributed", "mpi4py", "click", "yaml") if m 
 
 
 def test_package_import_stays_light():
-    done = subprocess.run(
-        [sys.executable, "-c", HEAVY_MODULES],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python(HEAVY_MODULES)
 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
