@@ -159,6 +159,13 @@ class ClientSession:
 
         self._signals = _signals.install(self.job.options.shutdown_signals)
 
+    def end_at_exit(self, reason: str) -> None:
+        """End the cluster as the interpreter exits; then ignore signals."""
+        from . import _signals
+
+        self.end(reason)
+        _signals.ignore_from_now(getattr(self, "_signals", {}))
+
     def finish(self, reason: str) -> None:
         """End the cluster, restore signal handlers and free the communicator."""
         from . import _signals
@@ -253,6 +260,9 @@ class ClientSession:
         self.ended = True
         self._watching.clear()
         job = self.job
+        from . import _signals
+
+        _signals.abort_on_signal(getattr(self, "_signals", {}), job.world)
         close_open_clients(timeout=2)
         if job.layout.scheduler_rank is None:
             self._close_workers(reason)

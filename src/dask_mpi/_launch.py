@@ -293,6 +293,12 @@ def install_signal_handlers(job: Job, loop: asyncio.AbstractEventLoop) -> list[i
 
     def received(number: int) -> None:
         if job.signal_received is not None:
+            logger.warning(
+                "Second signal %s while the job was ending; aborting it with "
+                "exit code %d",
+                _signal_name(number),
+                128 + number,
+            )
             job.world.abort(128 + number)
         job.signal_received = number
 
@@ -463,14 +469,29 @@ def _report_failure(job: Job, message: str) -> None:
     job.world.post(("stop", code, message, job.rank), job.layout.coordinator)
 
 
-def run_serving(job: Job) -> int:
-    """Run :func:`serve` on this thread's new event loop; return the exit code."""
+def run_serving(job: Job, exiting: bool = False) -> int:
+    """Run :func:`serve` on this thread's new event loop; return the exit code.
+
+    With ``exiting`` true, the process exits once this returns. The loop's
+    signal handlers then give way to ignoring those signals, not to their
+    default action, which would kill the rank in its last milliseconds and
+    make mpirun report signal 15 instead of the job's code. The outcome is
+    decided by then, and an ignored signal stays ignored while Python
+    finalizes.
+    """
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
+        installed: list[int] = []
         if threading.current_thread() is threading.main_thread():
-            install_signal_handlers(job, loop)
-        return await serve(job)
+            installed = install_signal_handlers(job, loop)
+        try:
+            return await serve(job)
+        finally:
+            if exiting:
+                for number in installed:
+                    loop.remove_signal_handler(number)
+                    signal.signal(number, signal.SIG_IGN)
 
     with _worker.hidden_main_script() if job.mode.batch else contextlib.nullcontext():
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -281,6 +282,14 @@ def _check_protocol(key: str, value: Any, style: Style) -> str | None:
             value,
             "unknown protocol",
             f"Give one of {', '.join(known)}.",
+        )
+    if protocol == "ucx" and importlib.util.find_spec("distributed_ucxx") is None:
+        raise UsageError(
+            option_name(key, style),
+            value,
+            "UCX needs the distributed-ucxx package, which is not installed",
+            "Install distributed-ucxx (conda-forge) or distributed-ucxx-cu12 or "
+            "-cu13 (PyPI, by CUDA version), or give tcp or tls.",
         )
     return protocol
 

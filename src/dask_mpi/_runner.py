@@ -49,7 +49,7 @@ class MPIRunner:
     def __enter__(self) -> MPIRunner:
         job = start(Mode.EXECUTE, self._options, self._nanny, self._comm)
         if Role.CLIENT not in job.role:
-            code = _launch.run_serving(job)
+            code = _launch.run_serving(job, exiting=True)
             job.world.close()
             raise SystemExit(code)
         self._session = start_client(job)

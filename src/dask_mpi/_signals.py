@@ -7,6 +7,7 @@ signal raises ``SystemExit(128 + signal)`` and the script unwinds.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Iterable
@@ -26,6 +27,61 @@ def _raise_exit(number: int, frame: Any) -> None:
     code = _pending_code if _pending_code is not None else 128 + number
     last_code = code
     raise SystemExit(code)
+
+
+class _AbortJob:
+    """A handler that ends the whole job through MPI with 128 + signal."""
+
+    def __init__(self, world: Any):
+        self.world = world
+
+    def __call__(self, number: int, frame: Any) -> None:
+        code = _pending_code if _pending_code is not None else 128 + number
+        logging.getLogger("dask_mpi._client").warning(
+            "Signal %s while the cluster was closing; aborting the job with "
+            "exit code %d",
+            signal.Signals(number).name,
+            code,
+        )
+        self.world.abort(code)
+
+
+def _ours(handler: Any) -> bool:
+    return handler is _raise_exit or isinstance(handler, _AbortJob)
+
+
+def abort_on_signal(replaced: dict[int, Any], world: Any) -> None:
+    """While the client ends the cluster, make a further signal abort the job.
+
+    The first signal already unwound the script. Raising SystemExit again
+    inside the exit handler would stop the ordered close halfway and print
+    a traceback, so a second signal ends the job at once instead, as on the
+    serving ranks.
+    """
+    handler = _AbortJob(world)
+    for number in replaced:
+        try:
+            if _ours(signal.getsignal(number)):
+                signal.signal(number, handler)
+        except (ValueError, OSError):  # not on the main thread
+            return
+
+
+def ignore_from_now(replaced: dict[int, Any]) -> None:
+    """Ignore the job's signals for the rest of this process's exit.
+
+    The job's outcome is decided and the cluster is closed. Python sets
+    its own handlers back to the default when it finalizes. A signal in
+    the last milliseconds would then kill the rank, and mpirun would
+    report signal 15 rather than the job's code. An ignored signal stays
+    ignored.
+    """
+    for number in replaced:
+        try:
+            if _ours(signal.getsignal(number)):
+                signal.signal(number, signal.SIG_IGN)
+        except (ValueError, OSError):
+            return
 
 
 def install(extra: Iterable[int]) -> dict[int, Any]:
@@ -52,7 +108,7 @@ def restore(replaced: dict[int, Any]) -> None:
     global _pending_code
     for number, handler in replaced.items():
         try:
-            if signal.getsignal(number) is _raise_exit:
+            if _ours(signal.getsignal(number)):
                 signal.signal(number, handler)
         except (ValueError, OSError):
             return

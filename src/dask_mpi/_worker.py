@@ -155,6 +155,10 @@ def quiet_failed_start() -> Iterator[None]:
         worker_logger.removeFilter(dropper)
 
 
+# distributed 2026.8's default timeout of Nanny.close, in seconds.
+_NANNY_CLOSE_TIMEOUT = 5.0
+
+
 def _kill_starting_process(nanny: Any) -> None:
     """Kill the worker process of a Nanny that is still starting it.
 
@@ -176,7 +180,7 @@ def _kill_starting_process(nanny: Any) -> None:
 
 async def close_worker(worker: Any, timeout: float, reason: str) -> None:
     """Close ``worker`` within ``timeout`` seconds; closing twice is harmless."""
-    from distributed import Worker
+    from distributed import Nanny, Worker
 
     _kill_starting_process(worker)
     kwargs: dict[str, Any] = {"reason": reason}
@@ -184,6 +188,11 @@ async def close_worker(worker: Any, timeout: float, reason: str) -> None:
         # Running tasks are abandoned: the job is ending, and a long task
         # must not hold it.
         kwargs["executor_wait"] = False
+    elif isinstance(worker, Nanny):
+        # A Nanny waits 0.8 times its timeout for the worker process to
+        # stop, then kills it and waits up to the timeout again. Both waits
+        # fit within ours, while its default of 5 s outlasts a short one.
+        kwargs["timeout"] = min(_NANNY_CLOSE_TIMEOUT, timeout / 2.5)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(worker.close(**kwargs), timeout)
 

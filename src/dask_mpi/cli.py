@@ -46,7 +46,11 @@ def _shown(key: str, fallback: str | None = None) -> str | None:
     type=str,
     help="Network interface for scheduler and workers, e.g. ib0.",
 )
-@click.option("--protocol", type=str, help="tcp, tls, ucx or inproc (default tcp).")
+@click.option(
+    "--protocol",
+    type=str,
+    help="tcp, tls, inproc, or ucx with distributed-ucxx (default tcp).",
+)
 @click.option(
     "--nthreads",
     type=int,
@@ -195,7 +199,7 @@ def run(given: dict[str, Any], nanny: bool | None) -> int:
                 f"--{'' if nanny else 'no-'}nanny is deprecated; use --worker-class "
                 f"distributed.{'Nanny' if nanny else 'Worker'} instead."
             )
-        return _launch.run_serving(job)
+        return _launch.run_serving(job, exiting=True)
     except DaskMPIError as error:
         return _report(error)
 

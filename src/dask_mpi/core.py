@@ -66,7 +66,8 @@ def initialize(
         The scheduler's web dashboard; the default address ``:8787`` falls
         back to a free port when 8787 is taken.
     protocol
-        ``tcp``, ``tls``, ``ucx`` or ``inproc``; None means TLS over TCP.
+        ``tcp``, ``tls``, ``inproc``, or ``ucx`` with the distributed-ucxx
+        package; None means TLS over TCP.
     worker_class
         Dotted name of the worker class; default ``distributed.Worker``.
     worker_options
@@ -107,7 +108,7 @@ def initialize(
     )
     job = start(Mode.INITIALIZE, given, nanny, comm)
     if Role.CLIENT not in job.role:
-        code = _launch.run_serving(job)
+        code = _launch.run_serving(job, exiting=exit)
         if exit:
             sys.exit(code)
         job.world.close()
@@ -162,7 +163,7 @@ def _quiet_on_other_ranks(error: BaseException, comm: Any) -> None:
 
 def _end_at_exit() -> None:
     if _session is not None and not _session.ended:
-        _session.end("the client script ended")
+        _session.end_at_exit("the client script ended")
 
 
 def send_close_signal() -> None:

@@ -533,6 +533,24 @@ def test_signal_to_mpirun_mpich(start_mpi, entry, sig):
     assert_no_leftover_processes(result)
 
 
+@pytest.mark.parametrize("gap", [0.01, 0.03, 0.1])
+def test_second_sigterm_while_ending_mpich(start_mpi, gap):
+    # The second signal may land while the cluster closes, or while the
+    # ranks exit; either way the job ends with 143 and no traceback.
+    job = start_script(start_mpi, "initialize", "wait", np=4)
+    wait_for(job, READY)
+
+    os.kill(job.pid, signal.SIGTERM)
+    time.sleep(gap)
+    os.kill(job.pid, signal.SIGTERM)
+    result = end_within(job)
+
+    assert result.returncode == 143, result.describe()
+    assert "BAD TERMINATION" not in result.stdout, result.describe()
+    assert_quiet(result)
+    assert_no_leftover_processes(result)
+
+
 @pytest.mark.parametrize(
     "sig",
     [
