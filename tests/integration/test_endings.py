@@ -504,6 +504,28 @@ def test_straggler_holding_gil_cannot_hold_job(start_mpi):
     assert_quiet(result, ignore=(re.escape(expected),))
 
 
+def test_nanny_straggler_killed_within_short_timeout(start_mpi):
+    # Under a Nanny the stuck task runs in the worker process, which the
+    # Nanny kills within the 3 s deadline, so the job still ends normally.
+    job = start_script(
+        start_mpi,
+        "initialize",
+        "straggler",
+        np=4,
+        kwargs={"shutdown_timeout": 3, "nanny": True},
+    )
+    job.wait_for_output(r"straggler running", timeout=STARTUP_SECONDS)
+    started = time.monotonic()
+
+    result = end_within(job)
+
+    assert result.returncode == 0, result.describe()
+    assert time.monotonic() - started < 20, result.describe()
+    assert "Cluster closed: the client script ended" in result.stderr
+    assert_quiet(result)
+    assert_no_leftover_processes(result)
+
+
 # ---------------------------------------------------------------- signals
 
 
