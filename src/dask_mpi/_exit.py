@@ -2,7 +2,8 @@
 
 When Python exits it clears every module and runs the cyclic garbage
 collector over everything that is still alive. With distributed, numpy
-and tornado imported, that takes 0.05 to 0.1 s of CPU per process. Where
+and tornado imported, that takes about 0.1 s of CPU per process (an
+estimate from the measurement below). Where
 ranks share cores, it is most of the time from "the cluster closed" to
 "the launcher returned". Measured here on 2 cores with
 ``mpirun -np 4 python -c "import distributed, mpi4py.MPI"``: 0.31 s from
@@ -10,12 +11,12 @@ the last statement to the launcher's exit, and 0.07 s with ``gc.freeze()``.
 
 ``gc.freeze()`` moves every object that exists at that moment into the
 permanent generation, which the collector skips, so the exit becomes a
-plain release of memory. Objects then still alive are freed by reference
-counting as modules are cleared, as before; only objects kept alive by
-reference cycles are left to the operating system. Python never promised
-to call ``__del__`` on those at exit, and open files are still flushed:
-the standard streams by the interpreter, other files by ``close()`` or by
-reference counting.
+plain release of memory. Objects still alive then are freed by reference
+counting as modules are cleared, as before. Only objects kept alive by
+reference cycles are left to the operating system, and Python never
+promised to call ``__del__`` on those at exit. Open files are still
+flushed: the standard streams by the interpreter, other files by
+``close()`` or by reference counting.
 """
 
 from __future__ import annotations

@@ -440,11 +440,6 @@ async def _start_workers(job: Job, workers: list[Any]) -> str | None:
     workers.extend(r for r in results if not isinstance(r, BaseException))
     for worker in workers:
         _child.install(worker, joining=False)
-        # The coordinator wakes every worker of the job; a follower rank's
-        # serving loop replaces this with its own wake-up.
-        handlers = getattr(worker, "stream_handlers", None)
-        if handlers is not None:
-            handlers.setdefault(_child.WAKE_OP, _child.ignore_wake)
     for name, result in zip(names, results, strict=True):
         if isinstance(result, BaseException):
             cause = _worker.root_cause(result)

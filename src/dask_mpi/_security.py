@@ -17,7 +17,7 @@ _TLS_PROTOCOLS = (None, "tls", "wss")
 
 
 def temporary() -> Any:
-    """Return a Security object holding a new in-memory key and certificate.
+    """Return a Security object containing a new in-memory key and certificate.
 
     Like ``distributed.Security.temporary()``, but with an elliptic-curve
     key (P-256). An RSA key of 2048 bits took 0.05 s to 0.7 s to make here,

@@ -63,10 +63,24 @@ async def start_worker(
     cls = import_worker_class(dotted)
     worker = cls(address, **kwargs)
     share_log_buffer(worker)
+    accept_wake_ups(worker)
     if started is not None:
         started.append(worker)
     await worker
     return worker
+
+
+def accept_wake_ups(server: Any) -> None:
+    """Let ``server`` accept the coordinator's wake-up message.
+
+    distributed closes a stream that carries an operation it does not know.
+    A follower rank's serving loop replaces this handler with its own.
+    """
+    from . import _child
+
+    handlers = getattr(server, "stream_handlers", None)
+    if handlers is not None:
+        handlers.setdefault(_child.WAKE_OP, _child.ignore_wake)
 
 
 # One buffer of recent log records per logger, shared by the process's workers.
@@ -165,8 +179,9 @@ def _kill_starting_process(nanny: Any) -> None:
     distributed 2026.8's Nanny waits for a starting worker process to finish
     its start before it stops it, and a process whose scheduler went away
     keeps trying for the whole ``death_timeout`` (60 s here). The process
-    has not registered with any scheduler yet, so nothing is lost, and it
-    ignores SIGTERM (see ``shield_children``), so it gets SIGKILL.
+    has not registered with any scheduler yet, so nothing is lost. The
+    dask-mpi preload makes it ignore SIGTERM (see ``shield_children``), so
+    it gets SIGKILL.
     """
     import signal
 

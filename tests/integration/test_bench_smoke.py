@@ -67,8 +67,11 @@ def test_bench_quick_writes_tables(tmp_path):
     assert "failed" not in report, report
 
 
-def _run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run a benchmark script in its own process group; kill it on timeout."""
+def _run_bench(args: list[str], timeout: float) -> None:
+    """Run a benchmark script in its own process group and check it succeeded.
+
+    On timeout the whole group is killed and the test fails.
+    """
     process = subprocess.Popen(
         [sys.executable, *args],
         cwd=REPO_ROOT,
@@ -83,7 +86,10 @@ def _run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         pytest.fail(f"{args[0]} ran longer than {timeout} s\n{stderr}", pytrace=False)
-    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+    details = f"stdout:\n{stdout}\nstderr:\n{stderr}"
+    assert process.returncode == 0, details
+    assert stderr == "", details
 
 
 @pytest.mark.timeout(300)
@@ -91,7 +97,7 @@ def test_scale_bench_smallest_size(tmp_path):
     output = tmp_path / "benchmarks.md"
     script = str(REPO_ROOT / "bench" / "scale.py")
 
-    done = _run_bench(
+    _run_bench(
         [
             script,
             "--workers",
@@ -106,10 +112,6 @@ def test_scale_bench_smallest_size(tmp_path):
         ],
         timeout=240,
     )
-
-    details = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert done.returncode == 0, details
-    assert done.stderr == "", details
     report = output.read_text()
     assert "## Scale" in report
     assert "| 6 | 3 |" in report, report
@@ -120,7 +122,7 @@ def test_scale_bench_smallest_size(tmp_path):
 def test_imports_bench_writes_table(tmp_path):
     output = tmp_path / "benchmarks.md"
 
-    done = _run_bench(
+    _run_bench(
         [
             str(REPO_ROOT / "bench" / "imports.py"),
             "--reps",
@@ -130,10 +132,6 @@ def test_imports_bench_writes_table(tmp_path):
         ],
         timeout=240,
     )
-
-    details = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert done.returncode == 0, details
-    assert done.stderr == "", details
     report = output.read_text()
     assert "## Imports" in report
     assert "| the package (every entry point) | `import dask_mpi` |" in report

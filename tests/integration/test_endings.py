@@ -485,7 +485,7 @@ def assert_aborted_for_rank(result: Result, rank: int) -> str:
     return expected
 
 
-def test_straggler_holding_gil_cannot_hold_job(start_mpi):
+def test_gil_straggler_cannot_hold_job(start_mpi):
     # The worker of rank 3 sleeps 120 s in C with the GIL held. Its rank never
     # confirms that it closed, so the coordinator's deadline ends the job.
     job = start_script(
