@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from _report import replace_section
+from _runner import byte_compile
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "benchmarks.md"
@@ -181,6 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
 
+    byte_compile(sys.executable)
     rows = []
     for count in counts:
         product = run_product(count, min(args.per_rank, count), args.timeout)

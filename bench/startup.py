@@ -1135,6 +1135,8 @@ def main(argv: list[str]) -> int:
                                      *argv])
 
     environments = {"ours": own_environment()}
+    compiled = _runner.byte_compile(environments["ours"].python)
+    progress(f"wrote the bytecode of {compiled}")
     if established_venv is not None:
         environments["established"] = established_venv
     else:

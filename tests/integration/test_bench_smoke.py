@@ -135,3 +135,27 @@ def test_imports_bench_writes_table(tmp_path):
     report = output.read_text()
     assert "## Imports" in report
     assert "| the package (every entry point) | `import dask_mpi` |" in report
+
+
+@pytest.mark.timeout(300)
+def test_tls_bench_writes_table(tmp_path):
+    output = tmp_path / "benchmarks.md"
+
+    _run_bench(
+        [
+            str(REPO_ROOT / "bench" / "tls.py"),
+            "--reps",
+            "1",
+            "--mib",
+            "4",
+            "--output",
+            str(output),
+        ],
+        timeout=240,
+    )
+    report = output.read_text()
+    assert "## TLS" in report
+    assert "TLSv1" in report, report
+    rows = [line for line in report.splitlines() if line.startswith("| distributed")]
+    assert len(rows) == 3, report
+    assert "nan" not in report and "×inf" not in report, report
