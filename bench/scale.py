@@ -56,7 +56,7 @@ def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]
         str(mpirun),
         "-np",
         str(ranks),
-        "dask-mpi",
+        str(mpirun.parent / "dask-mpi"),
         "--scheduler-file",
         scheduler_file,
         "--workers-per-rank",
