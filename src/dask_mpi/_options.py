@@ -22,7 +22,7 @@ from .exceptions import UsageError
 _YAML = os.path.join(os.path.dirname(__file__), "mpi.yaml")
 
 
-_defaults_loaded = False
+_defaults: dict[str, Any] | None = None
 
 
 def load_defaults() -> None:
@@ -32,17 +32,29 @@ def load_defaults() -> None:
     to 0.2 s, and ``import dask_mpi`` stays at the standard library, so a
     rank, or the staging tool, can start MPI before the heavy imports.
     """
-    global _defaults_loaded
-    if _defaults_loaded:
+    global _defaults
+    if _defaults is not None:
         return
     import dask.config
     import yaml
 
     with open(_YAML) as f:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        defaults = yaml.load(f, Loader=loader)  # noqa: S506 (a safe loader)
-    dask.config.update_defaults(defaults)
-    _defaults_loaded = True
+        _defaults = yaml.load(f, Loader=loader)  # noqa: S506 (a safe loader)
+    dask.config.update_defaults(_defaults)
+
+
+def _restore_defaults() -> None:
+    """Put back the ``mpi`` defaults that a ``dask.config.set`` block removed.
+
+    A ``dask.config.set({"mpi.KEY": ...})`` block entered before the first
+    ``load_defaults`` deletes the whole ``mpi`` section when it exits,
+    because the section did not exist when it started.
+    """
+    import dask.config
+
+    assert _defaults is not None
+    dask.config.update(dask.config.config, _defaults, priority="old")
 
 
 class Mode(enum.Enum):
@@ -386,7 +398,36 @@ def config_value(key: str) -> Any:
     import dask.config
 
     load_defaults()
-    return dask.config.get(f"mpi.{key}")
+    try:
+        return dask.config.get(f"mpi.{key}")
+    except KeyError:
+        _restore_defaults()
+        return dask.config.get(f"mpi.{key}")
+
+
+def config_source(key: str) -> tuple[str, str]:
+    """Return the name under which ``mpi.<key>`` was set, and where to change it.
+
+    An environment variable (``DASK_MPI__NTHREADS``) takes precedence over
+    YAML files in dask.config, so it is named when one is set.
+    """
+    config_key = f"mpi.{key}"
+    for variable in sorted(os.environ):
+        if not variable.startswith("DASK_"):
+            continue
+        dotted = variable[len("DASK_") :].lower().replace("__", ".")
+        if dotted.replace("_", "-") == config_key:
+            return variable, " Change or unset the environment variable."
+    return config_key, (
+        " The value comes from the dask config: a YAML file in ~/.config/dask "
+        "or $DASK_CONFIG, or dask.config.set()."
+    )
+
+
+def _from_config(error: UsageError, key: str) -> UsageError:
+    """Return ``error`` under the config key or environment variable that set it."""
+    option, fix = config_source(key)
+    return error.named(option, fix)
 
 
 def _check_worker_class(
@@ -471,16 +512,26 @@ def resolve(
     for key, check in _CHECKS.items():
         name = key.replace("-", "_")
         value = given.get(name)
-        if value is None:
-            value = config_value(key)
-        values[name] = check(key, value, style)
+        if value is not None:
+            values[name] = check(key, value, style)
+            continue
+        try:
+            values[name] = check(key, config_value(key), style)
+        except UsageError as error:
+            raise _from_config(error, key) from None
 
     worker_class = given.get("worker_class")
-    if worker_class is None and nanny is None:
+    configured = worker_class is None and nanny is None
+    if configured:
         worker_class = config_value("worker-class")
-    values["worker_class"], values["use_nanny"] = _check_worker_class(
-        worker_class, nanny, mode, style
-    )
+    try:
+        values["worker_class"], values["use_nanny"] = _check_worker_class(
+            worker_class, nanny, mode, style
+        )
+    except UsageError as error:
+        if not configured or worker_class is None:
+            raise
+        raise _from_config(error, "worker-class") from None
     security = given.get("security")
     values["security"] = config_value("security") if security is None else security
     options = Options(**values)

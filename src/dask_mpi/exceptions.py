@@ -46,6 +46,10 @@ class UsageError(DaskMPIError, ValueError):
         self.fix = fix
         super().__init__(f"{option}={value!r}: {problem}. {fix}")
 
+    def named(self, option: str, fix: str = "") -> UsageError:
+        """Return the same error for ``option``, with ``fix`` added to the fix."""
+        return UsageError(option, self.value, self.problem, f"{self.fix}{fix}")
+
 
 class WorldTooSmallException(DaskMPIError, RuntimeError):
     """The MPI world has fewer ranks than the requested layout needs.

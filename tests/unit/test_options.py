@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import dask.config
 import pytest
@@ -132,13 +134,45 @@ def test_explicit_value_beats_environment(environment):
     assert resolve_cli(scheduler_rank=1).scheduler_rank == 1
 
 
-def test_bad_config_value_names_option():
+@pytest.mark.parametrize("resolve_in", [resolve_cli, resolve_api])
+def test_bad_config_value_names_key(resolve_in):
     with dask.config.set({"mpi.scheduler-rank": -1}):
         with pytest.raises(UsageError) as caught:
-            resolve_cli()
+            resolve_in()
 
-    assert caught.value.option == "--scheduler-rank"
+    assert caught.value.option == "mpi.scheduler-rank"
     assert caught.value.value == -1
+    assert "dask config" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("DASK_MPI__NTHREADS", "abc"),
+        ("DASK_MPI__SHUTDOWN_TIMEOUT", "-3"),
+        ("DASK_MPI__SCHEDULER_RANK", "-1"),
+        ("DASK_MPI__WORKER_CLASS", "no_such_package.Worker"),
+    ],
+)
+def test_bad_environment_value_names_variable(environment, variable, value):
+    environment(**{variable: value})
+
+    with pytest.raises(UsageError) as caught:
+        resolve_cli()
+
+    assert caught.value.option == variable
+    assert str(caught.value).startswith(f"{variable}=")
+    assert "environment variable" in str(caught.value)
+
+
+def test_explicit_bad_value_keeps_option_name(environment):
+    environment(DASK_MPI__NTHREADS="abc")
+
+    with pytest.raises(UsageError) as caught:
+        resolve_api(nthreads=0)
+
+    assert caught.value.option == "nthreads"
+    assert "environment variable" not in str(caught.value)
 
 
 # ---------------------------------------------------------------- good values
@@ -410,10 +444,28 @@ def test_bad_configured_worker_class_is_usage_error():
         with pytest.raises(UsageError) as caught:
             resolve_api()
 
-    assert caught.value.option == "worker_class"
+    assert caught.value.option == "mpi.worker-class"
 
 
 def test_shutdown_signal_as_number():
     options = resolve_api(shutdown_signals=signal.SIGUSR1)
 
     assert options.shutdown_signals == (signal.SIGUSR1,)
+
+
+def test_defaults_survive_early_config_block():
+    # Needs a fresh process: the defaults must not be loaded before the block.
+    code = (
+        "import dask.config\n"
+        "from dask_mpi._options import config_value\n"
+        "with dask.config.set({'mpi.nthreads': 2}):\n"
+        "    assert config_value('nthreads') == 2\n"
+        "assert config_value('nthreads') is None\n"
+        "assert config_value('scheduler-rank') == 0\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
