@@ -113,6 +113,7 @@ class ClientSession:
         self.background: Any = None
         self.failed = False
         self.code: int | None = None
+        self.interrupted = False
         self._watching = threading.Event()
         self._stop_sent = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -258,6 +259,8 @@ class ClientSession:
         if self.ended:
             return
         self.ended = True
+        if self.interrupted:
+            reason += " by KeyboardInterrupt; Python ends the client rank with SIGINT"
         self._watching.clear()
         job = self.job
         from . import _signals
@@ -312,6 +315,12 @@ class ClientSession:
                 self.code = 0
             else:
                 self.code = 1
+        elif isinstance(error, KeyboardInterrupt):
+            # Python ends the process by sending itself SIGINT, which
+            # MPICH's mpirun reports as exit code 2, so no code is stated.
+            self.interrupted = True
+            self.failed = True
+            return
         else:
             self.code = 1
         self.failed = self.code != 0
@@ -325,6 +334,8 @@ class ClientSession:
         """
         from . import _signals
 
+        if self.interrupted:
+            return None
         if self.code is not None:
             return self.code
         if _signals.last_code is not None:

@@ -129,7 +129,7 @@ def _note_uncaught_exceptions(session: ClientSession) -> None:
     previous = sys.excepthook
 
     def hook(kind: type, value: BaseException, traceback: Any) -> None:
-        session.failed = True
+        session.record_exit(value)
         previous(kind, value, traceback)
 
     sys.excepthook = hook

@@ -19,6 +19,8 @@ Actions:
     End normally.
 ``raise``
     Raise ``RuntimeError``.
+``interrupt``
+    Raise ``KeyboardInterrupt``, as code that catches SIGINT itself may.
 ``exit:N``
     Call ``sys.exit(N)``.
 ``kill``
@@ -157,6 +159,8 @@ def run_action(action: str) -> None:
         return
     if action == "raise":
         raise RuntimeError("client code failed on purpose")
+    if action == "interrupt":
+        raise KeyboardInterrupt
     if action.startswith("exit:"):
         sys.exit(int(action.split(":", 1)[1]))
     if action == "kill":
