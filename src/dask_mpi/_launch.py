@@ -493,10 +493,60 @@ def run_serving(job: Job, exiting: bool = False) -> int:
             return asyncio.run(main())
         except DaskMPIError:
             raise
+        except (SystemExit, KeyboardInterrupt) as error:
+            if not _task_stopped_loop(job):
+                raise
+            return _end_after_task_exit(job, error)
         except Exception:
             logger.exception("Rank %d failed; aborting the job", job.rank)
             job.world.abort(EXIT_FAILURE)
             raise
+
+
+def _task_stopped_loop(job: Job) -> bool:
+    """Return whether a SystemExit out of the serving loop came from a task.
+
+    dask-mpi's serving code returns its exit code instead of raising
+    SystemExit. asyncio lets a SystemExit or KeyboardInterrupt that a task
+    of a plain Worker raises leave the event loop, which stops the rank's
+    workers.
+    """
+    return (
+        Role.WORKER in job.role
+        and job.rank != job.layout.coordinator
+        and threading.current_thread() is threading.main_thread()
+    )
+
+
+def _end_after_task_exit(job: Job, error: BaseException) -> int:
+    """End the job after a task's SystemExit stopped this rank's workers.
+
+    A plain Worker cannot restart, so the job ends through the coordinator
+    with the code of ``sys.exit(n)``, or 1 when n is missing, 0 or not a
+    number. Otherwise the rank would wait in MPI_Finalize until the
+    shutdown deadline aborted the job.
+    """
+    code = getattr(error, "code", None)
+    if not isinstance(code, int) or isinstance(code, bool) or code == 0:
+        code = EXIT_FAILURE
+    if isinstance(error, SystemExit):
+        raised = f"SystemExit({error.code!r})"
+    else:
+        raised = type(error).__name__
+    reason = (
+        f"a task raised {raised} on {job.where(job.rank)}, "
+        "which stopped the rank's workers"
+    )
+    logger.error(
+        "%s. A plain Worker cannot restart, so the job ends. Run tasks that "
+        "may exit under distributed.Nanny (worker_class), which restarts "
+        "its worker process.",
+        reason[0].upper() + reason[1:],
+    )
+    job.world.post(("stop", code, reason, job.rank), job.layout.coordinator)
+    from ._coordinator import follow
+
+    return asyncio.run(follow(job, []))
 
 
 def run_coroutine(coroutine: Any) -> Any:

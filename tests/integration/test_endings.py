@@ -299,6 +299,35 @@ def test_client_keyboard_interrupt_mpich(start_mpi, entry):
 
 
 @pytest.mark.parametrize("entry", ["initialize", "execute"])
+def test_task_sys_exit_ends_job(start_mpi, entry):
+    """A task's sys.exit(3) stops a plain Worker's rank: the job ends with 3."""
+    job = start_script(start_mpi, entry, "task_exit:3", np=4)
+    wait_for(job, READY)
+
+    result = end_within(job)
+
+    assert result.returncode == 3, result.describe()
+    assert result.elapsed < 15, result.describe()
+    line = end_line(result)
+    assert "a task raised SystemExit(3) on rank " in line, line
+    assert line.endswith("which stopped the rank's workers; exit code 3"), line
+    assert "A plain Worker cannot restart, so the job ends." in result.stderr
+    assert "Ending the client script: a task raised SystemExit(3)" in result.stderr
+    assert "got a result from the exiting task" not in result.stdout
+    # distributed logs the task's SystemExit with its traceback, once.
+    assert count_tracebacks(result) == 1, result.describe()
+    assert_quiet(
+        result,
+        ignore=(
+            TRACEBACK_LINE,
+            r"ERROR distributed\.worker\.state_machine: Unhandled exception",
+            r"ERROR dask_mpi\._launch: A task raised SystemExit\(3\)",
+        ),
+    )
+    assert_no_leftover_processes(result)
+
+
+@pytest.mark.parametrize("entry", ["initialize", "execute"])
 def test_client_sys_exit(start_mpi, launcher, entry):
     job = start_script(start_mpi, entry, "exit:3", np=3, launcher=launcher)
     wait_for(job, READY)

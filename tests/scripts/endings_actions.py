@@ -33,6 +33,9 @@ Actions:
 ``straggler``
     Start a task that holds the GIL for 120 s on the highest-ranked worker,
     so that its rank cannot reply to the close message, then end normally.
+``task_exit:N``
+    Run a task that calls ``sys.exit(N)`` on a worker and wait for its
+    result.
 ``kill_worker:SIGNAL``
     Send SIGNAL (``KILL`` or ``USR2``) to the process of the highest-ranked
     worker while tasks run, then wait for the results. Under a Nanny that
@@ -149,6 +152,11 @@ def run_action(action: str) -> None:
             return
         if action == "straggler":
             start_straggler(client)
+            return
+        if action.startswith("task_exit:"):
+            code = int(action.split(":", 1)[1])
+            client.submit(sys.exit, code, pure=False).result()
+            print("client got a result from the exiting task", flush=True)
             return
         if action == "wait":
             time.sleep(WAIT_SECONDS)
