@@ -78,12 +78,22 @@ def install(worker: Any, joining: bool) -> None:
             found.addFilter(_DROP)
 
 
+def _disregard(number: int, frame: Any) -> None:
+    """Do nothing: the Nanny, not the signal, ends this worker process."""
+
+
 def ignore_signals(numbers: str) -> None:
-    """Ignore the comma-separated signal ``numbers`` in this process."""
+    """Disregard the comma-separated signal ``numbers`` in this process.
+
+    It installs a handler that does nothing rather than SIG_IGN. Processes
+    that tasks start inherit an ignored signal through exec, so
+    ``Popen.terminate()`` on them would do nothing. A handler is reset to
+    the default action there.
+    """
     import signal
 
     for number in filter(None, numbers.split(",")):
-        signal.signal(int(number), signal.SIG_IGN)
+        signal.signal(int(number), _disregard)
 
 
 def dask_setup(worker: Any) -> None:

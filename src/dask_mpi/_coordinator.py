@@ -45,7 +45,12 @@ def _finished(server: Any) -> bool:
 
 
 async def _close_all(workers: list[Any], timeout: float, reason: str) -> None:
+    """Close ``workers``, then end the processes their tasks left running."""
+    if not workers:
+        return
+    earlier = _worker.descendants()
     await asyncio.gather(*(_worker.close_worker(w, timeout, reason) for w in workers))
+    _worker.end_left_running(earlier)
 
 
 class _Ticker:

@@ -193,6 +193,78 @@ def _kill_starting_process(nanny: Any) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+# multiprocessing's helper processes, which exit when the rank exits.
+_HELPERS = ("resource_tracker", "forkserver")
+
+
+def descendants() -> list[Any]:
+    """Return the processes below this one, as ``psutil.Process`` objects."""
+    import psutil
+
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _left_running(process: Any) -> str | None:
+    """Describe ``process`` if a task left it running, else return None.
+
+    Python's multiprocessing helpers (the resource tracker, the forkserver)
+    exit by themselves when this process exits, so they are not counted.
+    """
+    import psutil
+
+    try:
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return None
+    if any(f"from multiprocessing.{helper} import" in command for helper in _HELPERS):
+        return None
+    return f"{process.pid} ({command[:80]})"
+
+
+def end_left_running(earlier: list[Any], grace: float = 1.0) -> None:
+    """End the processes that tasks started and left running.
+
+    Such a process keeps the rank's output pipes open, so MPICH's mpirun
+    would wait for it after every rank exited. ``earlier`` contains the
+    processes found before the workers closed, because the children of a
+    Nanny's worker process are no longer below this process once it exits.
+    They get SIGTERM, then SIGKILL after ``grace`` seconds.
+    """
+    import psutil
+
+    found = {process.pid: process for process in [*earlier, *descendants()]}
+    left = {}
+    for pid, process in found.items():
+        described = _left_running(process)
+        if described is not None:
+            left[pid] = (process, described)
+    if not left:
+        return
+    logger.warning(
+        "Ending %d process(es) that tasks started and left running: %s",
+        len(left),
+        ", ".join(described for _, described in left.values()),
+    )
+    alive = [process for process, _ in left.values()]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    # A process that exited stays a zombie until its parent collects it
+    # (often init, once the worker process exited), so a zombie is ended.
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [process for process in alive if _left_running(process)]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
 async def close_worker(worker: Any, timeout: float, reason: str) -> None:
     """Close ``worker`` within ``timeout`` seconds; closing twice is harmless."""
     from distributed import Nanny, Worker

@@ -190,6 +190,16 @@ def end_line(result: Result) -> str:
     return lines[0]
 
 
+def process_ended(pid: int) -> bool:
+    """Return whether ``pid`` is gone or a zombie that nobody collected yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"
+
+
 def count_tracebacks(result: Result) -> int:
     return len(re.findall(TRACEBACK_LINE, result.stderr, re.MULTILINE))
 
@@ -324,6 +334,49 @@ def test_task_sys_exit_ends_job(start_mpi, entry):
             r"ERROR dask_mpi\._launch: A task raised SystemExit\(3\)",
         ),
     )
+    assert_no_leftover_processes(result)
+
+
+@pytest.mark.parametrize("worker_class", ["distributed.Worker", "distributed.Nanny"])
+def test_task_orphan_process_ended(start_mpi, worker_class):
+    """A process that a task left running does not keep mpirun waiting."""
+    job = start_script(
+        start_mpi, "initialize", "orphan", np=3, kwargs={"worker_class": worker_class}
+    )
+    wait_for(job, r"orphan \d+")
+
+    result = end_within(job)
+
+    assert result.returncode == 0, result.describe()
+    assert result.elapsed < 20, result.describe()
+    pid = int(re.search(r"orphan (\d+)", result.stdout).group(1))
+    warning = (
+        "WARNING dask_mpi._worker: Ending 1 process(es) that tasks started "
+        f"and left running: {pid} (sleep 120)"
+    )
+    assert warning in result.stderr, result.describe()
+    assert process_ended(pid), result.describe()
+    assert_quiet(result)
+    assert_no_leftover_processes(result)
+
+
+def test_task_child_terminates_under_nanny(start_mpi):
+    """A worker process's disregarded SIGTERM does not pass to its children."""
+    job = start_script(
+        start_mpi,
+        "initialize",
+        "terminate_child",
+        np=3,
+        kwargs={"worker_class": "distributed.Nanny"},
+    )
+    wait_for(job, READY)
+
+    result = end_within(job)
+
+    assert result.returncode == 0, result.describe()
+    seconds = float(re.search(r"child ended after ([\d.]+) s", result.stdout).group(1))
+    assert seconds < 5, result.describe()
+    assert_quiet(result)
     assert_no_leftover_processes(result)
 
 

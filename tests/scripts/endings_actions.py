@@ -36,6 +36,12 @@ Actions:
 ``task_exit:N``
     Run a task that calls ``sys.exit(N)`` on a worker and wait for its
     result.
+``orphan``
+    Run a task that starts ``sleep 120`` and returns without waiting for
+    it, print ``orphan PID``, then end normally.
+``terminate_child``
+    Run a task that starts ``sleep 120``, ends it with
+    ``Popen.terminate()`` and waits for it. Prints ``child ended after S s``.
 ``kill_worker:SIGNAL``
     Send SIGNAL (``KILL`` or ``USR2``) to the process of the highest-ranked
     worker while tasks run, then wait for the results. Under a Nanny that
@@ -120,6 +126,19 @@ def hold_gil(seconds: int) -> None:
     ctypes.PyDLL(None).sleep(seconds)
 
 
+def start_sleep(wait: bool) -> tuple[int, float]:
+    """Start ``sleep``; with ``wait``, terminate it and time its end."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(WAIT_SECONDS)])
+    if not wait:
+        return child.pid, 0.0
+    started = time.monotonic()
+    child.terminate()
+    child.wait()
+    return child.pid, time.monotonic() - started
+
+
 def start_straggler(client) -> None:
     """Start ``hold_gil`` on the highest-ranked worker and return."""
     workers = client.scheduler_info()["workers"]
@@ -152,6 +171,14 @@ def run_action(action: str) -> None:
             return
         if action == "straggler":
             start_straggler(client)
+            return
+        if action == "orphan":
+            pid, _ = client.submit(start_sleep, False, pure=False).result()
+            print(f"orphan {pid}", flush=True)
+            return
+        if action == "terminate_child":
+            _, seconds = client.submit(start_sleep, True, pure=False).result()
+            print(f"child ended after {seconds:.1f} s", flush=True)
             return
         if action.startswith("task_exit:"):
             code = int(action.split(":", 1)[1])
