@@ -224,6 +224,7 @@ async def close_cluster(
         job.world.post(message, rank)
     if scheduler is not None:
         _mute_departure_notices(scheduler)
+        _mute_late_heartbeats()
         _wake_worker_ranks(job, scheduler)
 
     await _close_all(workers, timeout, reason)
@@ -272,6 +273,26 @@ def _mute_departure_notices(scheduler: Any) -> None:
             send(worker, message)
 
     scheduler.worker_send = worker_send
+
+
+_LATE_HEARTBEAT = "Received heartbeat from unregistered worker"
+
+
+def _drop_late_heartbeat(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_LATE_HEARTBEAT)
+
+
+def _mute_late_heartbeats() -> None:
+    """Drop the scheduler's warning about heartbeats from workers that left.
+
+    A heartbeat that a worker sent before it closed can reach the scheduler
+    after the worker was removed. With 1,000 workers leaving at once, a few
+    such WARNING lines appeared at every shutdown. The reply still tells the
+    worker to close.
+    """
+    found = logging.getLogger("distributed.scheduler")
+    if _drop_late_heartbeat not in found.filters:
+        found.addFilter(_drop_late_heartbeat)
 
 
 def _wake_worker_ranks(job: Job, scheduler: Any) -> None:

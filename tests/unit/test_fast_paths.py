@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import subprocess
 import sys
 import time
@@ -97,3 +98,20 @@ def test_package_import_stays_light():
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.strip() == "[]"
+
+
+def test_late_heartbeat_warning_muted_once_ending(caplog):
+    scheduler_logger = logging.getLogger("distributed.scheduler")
+    late = "Received heartbeat from unregistered worker 'tls://127.0.0.1:1'."
+    try:
+        _coordinator._mute_late_heartbeats()
+        _coordinator._mute_late_heartbeats()
+        with caplog.at_level(logging.WARNING, logger="distributed.scheduler"):
+            scheduler_logger.warning(late)
+            scheduler_logger.warning("Another warning")
+    finally:
+        scheduler_logger.removeFilter(_coordinator._drop_late_heartbeat)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["Another warning"]
+    assert scheduler_logger.filters.count(_coordinator._drop_late_heartbeat) == 0
