@@ -113,7 +113,16 @@ def prepare(
     job = Job(mode, style, options, world, layout)
 
     world.open(options.startup_timeout)
-    problem = _local_problem(job)
+    try:
+        problem = _local_problem(job)
+    except Exception as error:
+        # Reported through the exchange, so that no rank waits for this one.
+        problem = (
+            "the start-up checks",
+            f"{type(error).__name__}: {error}",
+            "a check failed unexpectedly",
+            "Check the options named in the message, or report this error.",
+        )
     mine = _nodes.describe_self(world.rank, problem)
     job.infos = world.allgather(
         mine, options.startup_timeout, "join the start-up exchange"

@@ -226,6 +226,25 @@ def _check_text(key: str, value: Any, style: Style) -> str | None:
     return value
 
 
+def _check_listen_address(key: str, value: Any, style: Style) -> str | None:
+    """Accept ``HOST:PORT``, ``:PORT`` or ``HOST``, with a port up to 65535."""
+    text = _check_text(key, value, style)
+    if text is None:
+        return None
+    address = text.split("://", 1)[-1]
+    if address.endswith("]"):
+        return text  # a bracketed IPv6 address without a port
+    _, colon, port = address.rpartition(":")
+    if colon and port and (not port.isdigit() or int(port) > 65535):
+        raise UsageError(
+            option_name(key, style),
+            value,
+            f"the port {port!r} is not a number from 0 to 65535",
+            "Give HOST:PORT, :PORT or HOST, for example :8787 or 127.0.0.1:8787.",
+        )
+    return text
+
+
 def _check_path(key: str, value: Any, style: Style) -> str | None:
     text = _check_text(key, value, style)
     return None if text is None else os.path.abspath(os.path.expanduser(text))
@@ -255,6 +274,11 @@ def _check_mapping(key: str, value: Any, style: Style) -> dict[str, Any]:
     return dict(value)
 
 
+# A memory limit above 1 counts bytes. One below this is a mistake, such as
+# 2.5 meant as a fraction or as gigabytes.
+_MIN_MEMORY_BYTES = 1_000_000
+
+
 def _check_memory(key: str, value: Any, style: Style) -> str | int | float | None:
     import math
 
@@ -272,6 +296,14 @@ def _check_memory(key: str, value: Any, style: Style) -> str | int | float | Non
             number = float(parse_bytes(value)) if str(value).strip() else None
         except (TypeError, ValueError):
             number = None
+    if number is not None and 1 < number < _MIN_MEMORY_BYTES:
+        raise UsageError(
+            option_name(key, style),
+            value,
+            "below 1 MB: a number above 1 is a count of bytes",
+            "Give a fraction of the node's memory up to 1, such as 0.5, or a "
+            "size such as 4GB.",
+        )
     if number is not None and math.isfinite(number) and number > 0:
         return number if number <= 1 else int(number)
     raise UsageError(
@@ -379,7 +411,7 @@ _CHECKS: dict[str, Callable[[str, Any, Style], Any]] = {
     "exclusive-workers": _check_bool,
     "workers-per-rank": _check_int(1),
     "dashboard": _check_bool,
-    "dashboard-address": _check_text,
+    "dashboard-address": _check_listen_address,
     "name": lambda k, v, s: _check_text(k, v, s) or "dask_mpi",
     "startup-timeout": _check_timeout,
     "shutdown-timeout": _check_timeout,
@@ -536,7 +568,27 @@ def resolve(
     values["security"] = config_value("security") if security is None else security
     options = Options(**values)
     _check_join(options, mode, style)
+    _check_stray_address(options, style, given)
     return options
+
+
+def _check_stray_address(
+    options: Options, style: Style, given: Mapping[str, Any]
+) -> None:
+    """Reject a command-line SCHEDULER_ADDRESS that a job with a scheduler ignores.
+
+    It is most often the second word of an unquoted value, as in
+    ``--shutdown-timeout 5 minutes``.
+    """
+    address = given.get("scheduler_address")
+    if style is Style.CLI and options.scheduler and address is not None:
+        raise UsageError(
+            "SCHEDULER_ADDRESS",
+            address,
+            "an address to join is used only with --no-scheduler",
+            "Add --no-scheduler to join that scheduler, or drop the argument. "
+            "Quote a value that contains spaces: --shutdown-timeout '5 minutes'.",
+        )
 
 
 def _check_join(options: Options, mode: Mode, style: Style) -> None:

@@ -176,8 +176,8 @@ def test_cli_shown_tls_default_is_off():
 
 # (CLI parameter, command line, Options field, expected value)
 CLI_VALUES = [
-    ("scheduler_address", ["tcp://10.0.0.1:8786"], "scheduler_address",
-     "tcp://10.0.0.1:8786"),
+    ("scheduler_address", ["--no-scheduler", "tcp://10.0.0.1:8786"],
+     "scheduler_address", "tcp://10.0.0.1:8786"),
     ("scheduler_file", ["--scheduler-file", "/tmp/s.json"], "scheduler_file",
      "/tmp/s.json"),
     ("scheduler_port", ["--scheduler-port", "8786"], "scheduler_port", 8786),

@@ -469,3 +469,43 @@ def test_defaults_survive_early_config_block():
 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+def test_cli_address_without_no_scheduler_rejected():
+    with pytest.raises(UsageError) as caught:
+        resolve_cli(scheduler_address="minutes")
+
+    assert caught.value.option == "SCHEDULER_ADDRESS"
+    assert "--no-scheduler" in str(caught.value)
+    assert "'5 minutes'" in str(caught.value)
+
+
+def test_api_address_with_scheduler_accepted():
+    options = resolve_api(scheduler_address="tcp://127.0.0.1:8786")
+
+    assert options.scheduler_address == "tcp://127.0.0.1:8786"
+
+
+@pytest.mark.parametrize("value", [":80x", "localhost:99999", "host:-1"])
+def test_bad_dashboard_port_rejected(value):
+    with pytest.raises(UsageError) as caught:
+        resolve_cli(dashboard_address=value)
+
+    assert caught.value.option == "--dashboard-address"
+    assert "0 to 65535" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "value", [":8787", "127.0.0.1:0", "localhost", "[::1]:8787", "[::1]"]
+)
+def test_good_dashboard_address_accepted(value):
+    assert resolve_cli(dashboard_address=value).dashboard_address == value
+
+
+@pytest.mark.parametrize("value", [2.5, "100", "500kB"])
+def test_tiny_memory_limit_rejected(value):
+    with pytest.raises(UsageError) as caught:
+        resolve_cli(memory_limit=value)
+
+    assert caught.value.option == "--memory-limit"
+    assert "below 1 MB" in str(caught.value)
