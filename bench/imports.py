@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _args import check_output, positive_int
 from _report import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,9 +71,10 @@ def measure(statement: str, at_start: set[str]) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=positive_int, default=7)
     parser.add_argument("--output", type=Path, default=PAGE)
     args = parser.parse_args()
+    check_output(parser, args.output)
 
     at_start = {name.strip() for _, name in _entries("pass")}
     rows = []

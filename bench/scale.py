@@ -16,7 +16,8 @@ Run it inside a loopback-only network namespace (as root)::
 
     unshare -n bash -c 'ip link set lo up; python bench/scale.py'
 
-It prints a table and appends it to docs/benchmarks.md under "Scale".
+It prints a table and writes it to docs/benchmarks.md under "Scale",
+replacing the table of an earlier run and keeping the notes below it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _args import check_output, positive_int, positive_ints, positive_seconds
 from _report import replace_section
 from _runner import byte_compile
 
@@ -81,7 +84,11 @@ def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]
     try:
         while not os.path.exists(scheduler_file):
             if time.monotonic() - started > timeout or job.poll() is not None:
-                raise RuntimeError(f"the job did not start: see {directory}")
+                raise RuntimeError(
+                    f"the job of {workers} workers did not start within "
+                    f"{timeout} s (exit code {job.poll()}); the end of its "
+                    f"stderr ({directory}/stderr.txt):\n{_tail(directory)}"
+                )
             time.sleep(0.05)
         expected = (ranks - 1) * per_rank
         with Client(scheduler_file=scheduler_file, timeout=timeout) as client:
@@ -98,7 +105,13 @@ def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]
             job.wait()
     # The scheduler rank starts after every rank reached the start-up
     # exchange, so its own count runs from the last rank's start.
+    if job.returncode != 0:
+        raise RuntimeError(
+            f"the job of {workers} workers ended with exit code {job.returncode}; "
+            f"the end of its stderr ({directory}/stderr.txt):\n{_tail(directory)}"
+        )
     log = Path(directory, "stderr.txt").read_text()
+    shutil.rmtree(directory, ignore_errors=True)
     joined = re.search(r"Workers joined \d+/\d+ in ([\d.]+) s", log)
     return {
         "workers": count,
@@ -108,6 +121,13 @@ def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]
         "shutdown": ended,
         "exit": job.returncode,
     }
+
+
+def _tail(directory: str, lines: int = 20) -> str:
+    """Return the last ``lines`` lines of a job's stderr.txt."""
+    path = Path(directory, "stderr.txt")
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 async def _baseline(workers: int, deduplicate: bool, leave_first: bool) -> dict:
@@ -171,16 +191,31 @@ def describe_machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--workers", default="100,300,1000", help="comma-separated worker counts"
+        "--workers",
+        type=positive_ints,
+        default="100,300,1000",
+        help="comma-separated worker counts",
     )
     parser.add_argument(
-        "--per-rank", type=int, default=100, help="workers started on each worker rank"
+        "--per-rank",
+        type=positive_int,
+        default=100,
+        help="workers started on each worker rank",
     )
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=positive_seconds, default=600)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--output", type=Path, default=PAGE)
     args = parser.parse_args()
-    counts = [int(n) for n in args.workers.split(",")]
+    check_output(parser, args.output)
+    counts = args.workers
+    for count in counts:
+        if count > args.per_rank and count % args.per_rank:
+            parser.error(
+                f"argument --workers: {count} is not a multiple of --per-rank "
+                f"{args.per_rank}; give a multiple, or a count up to it"
+            )
+    # SystemExit runs the cleanup that ends a running job's processes.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
 
     byte_compile(sys.executable)
     rows = []

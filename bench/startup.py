@@ -61,6 +61,7 @@ from pathlib import Path
 
 import _report
 import _runner
+from _args import non_negative_int, positive_int, positive_seconds
 from _report import Summary, cell, median_of, ratio, ratio_cell, slope, table
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -758,7 +759,11 @@ def build_report(samples: Samples, args: argparse.Namespace,
     variants = ["ours", "ours-notls"] + (["established"] if args.established else [])
     cli_variants = ["ours"] + (["established"] if args.established else [])
     command = " ".join(["python", "bench/startup.py", *argv])
-    warmup = " (left out with --no-warmup)." if args.no_warmup else "."
+    warmup = (
+        "No unrecorded warm-up run came first (--no-warmup or --quick)."
+        if args.no_warmup
+        else "One unrecorded warm-up run of each kind comes first."
+    )
     if origins:
         written = (
             "Rebuilt from the saved figures of these runs, each inside "
@@ -778,8 +783,7 @@ def build_report(samples: Samples, args: argparse.Namespace,
         "steady state it is LocalCluster's time over ours, so above 1 means "
         "faster. Times are `time.time()` stamps: launch is taken just before the "
         "launcher starts, launcher exit when `waitpid` returns, and the other "
-        "stamps are printed by the job (see `bench/jobs/`). One unrecorded "
-        f"warm-up run of each kind comes first{warmup}"
+        f"stamps are printed by the job (see `bench/jobs/`). {warmup}"
     )
     leftovers = (
         f"Processes that outlived their launcher (killed after "
@@ -932,9 +936,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "2,4,8,16,24,32 for the CLI; --quick: up to 8).")
     parser.add_argument("--growth-job", choices=("batch", "cli"), default="batch",
                         help="Job whose start-up growth is fitted (default batch).")
-    parser.add_argument("--steady-tasks", type=int, help="Tiny tasks in the steady "
+    parser.add_argument("--steady-tasks", type=positive_int, help="Tiny tasks in the steady "
                         "state (default 20000; --quick: 2000).")
-    parser.add_argument("--steady-size", type=int, help="Side of the square random "
+    parser.add_argument("--steady-size", type=positive_int, help="Side of the square random "
                         "array in the steady state (default 4000; --quick: 1000).")
     parser.add_argument("--phases", default="batch,cli,steady,growth",
                         help="Comma-separated phases to run (default "
@@ -960,10 +964,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--idle-timeout", type=float, help="Seconds to wait for "
                         "the machine to fall to --max-load before each job; 0 "
                         "skips the wait (default 120; --quick: 0).")
-    parser.add_argument("--load-retries", type=int, help="Extra runs of a job "
+    parser.add_argument("--load-retries", type=non_negative_int, help="Extra runs of a job "
                         "during which other processes exceeded --max-load "
                         "(default 2; --quick: 0).")
-    parser.add_argument("--timeout", type=float, default=180.0, help="Seconds "
+    parser.add_argument("--timeout", type=positive_seconds, default=180.0, help="Seconds "
                         "before one job's processes are killed (default 180).")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="Markdown file for the tables (default "
@@ -999,7 +1003,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.cli_sizes = [4] if quick else [4, 8]
     if args.growth_sizes is None:
         smallest = 3 if args.growth_job == "batch" else 2
-        args.growth_sizes = [smallest, 4, 8] if quick else [smallest, 4, 8, 16, 24, 32]
+        args.growth_sizes = [smallest, 4, 6] if quick else [smallest, 4, 8, 16, 24, 32]
     if args.growth_job == "batch" and min(args.growth_sizes) < 3:
         parser.error(f"invalid --growth-sizes {args.growth_sizes}: the batch job "
                      "needs at least 3 ranks; use --growth-job cli for 2")
@@ -1064,7 +1068,13 @@ def report_from(sources: list[str], output: Path) -> int:
     records = []
     for source in sources:
         path_text, _, phase_text = source.partition(":")
-        record = json.loads(Path(path_text).read_text())
+        try:
+            record = json.loads(Path(path_text).read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(
+                f"startup.py: invalid --report-from {path_text!r}: {error}; give "
+                "a JSON file that --raw wrote"
+            ) from None
         phases = [p for p in phase_text.split(",") if p] or record["settings"]["phases"]
         unknown = set(phases) - PHASE_KEYS.keys()
         if unknown:

@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from _args import check_output, positive_int
 from _report import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,15 +121,15 @@ def raw_stream(contexts, total: int) -> dict:
         reads.append(calls)
         connection.close()
 
-    thread = threading.Thread(target=receive)
+    thread = threading.Thread(target=receive, daemon=True)
     thread.start()
     sender = socket.create_connection(listener.getsockname())
     if contexts:
         sender = contexts[1].wrap_socket(sender)
     chunk = memoryview(bytearray(LARGE))
     cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(total // LARGE):
-        sender.sendall(chunk)
+    for start in range(0, total, LARGE):
+        sender.sendall(chunk[: min(LARGE, total - start)])
     sender.recv(1)
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
@@ -260,12 +261,16 @@ def render(figures: dict, reps: int, mib: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=positive_int, default=5)
     parser.add_argument(
-        "--mib", type=int, default=64, help="MiB sent by each stream and each echo test"
+        "--mib",
+        type=positive_int,
+        default=64,
+        help="MiB sent by each stream and each echo test",
     )
     parser.add_argument("--output", type=Path, default=PAGE)
     args = parser.parse_args()
+    check_output(parser, args.output)
     figures = measure(args.reps, args.mib)
     table = render(figures, args.reps, args.mib)
     print(table)
