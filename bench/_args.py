@@ -6,34 +6,27 @@ import argparse
 from pathlib import Path
 
 
-def positive_int(text: str) -> int:
-    """Parse a whole number of at least 1."""
+def _whole_number(text: str, minimum: int) -> int:
+    """Parse a whole number of at least ``minimum``."""
     try:
         number = int(text)
     except ValueError:
+        number = None
+    if number is None or number < minimum:
         raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a whole number of at least 1"
-        ) from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {number}: expected a whole number of at least 1"
+            f"invalid value {text!r}: expected a whole number of at least {minimum}"
         )
     return number
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number of at least 1."""
+    return _whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """Parse a whole number of at least 0."""
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a whole number of at least 0"
-        ) from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {number}: expected a whole number of at least 0"
-        )
-    return number
+    return _whole_number(text, 0)
 
 
 def positive_seconds(text: str) -> float:
