@@ -44,6 +44,19 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
+def non_negative_seconds(text: str) -> float:
+    """Parse a number of seconds of at least 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected seconds of at least 0"
+        )
+    return seconds
+
+
 def positive_ints(text: str) -> list[int]:
     """Parse comma-separated whole numbers of at least 1."""
     return [positive_int(part.strip()) for part in text.split(",")]

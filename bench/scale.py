@@ -38,7 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _args import check_output, positive_int, positive_ints, positive_seconds
+from _args import (
+    check_output,
+    non_negative_seconds,
+    positive_int,
+    positive_ints,
+    positive_seconds,
+)
 from _report import replace_section
 from _runner import byte_compile
 
@@ -47,7 +53,9 @@ PAGE = ROOT / "docs" / "benchmarks.md"
 MARK = "<!-- scale benchmark -->"
 
 
-def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]:
+def run_product(
+    workers: int, per_rank: int, timeout: float, settle: float
+) -> dict[str, float]:
     """Time one dask-mpi CLI job of ``workers`` workers; return the phases."""
     from distributed import Client
 
@@ -95,6 +103,9 @@ def run_product(workers: int, per_rank: int, timeout: float) -> dict[str, float]
             client.wait_for_workers(expected, timeout=timeout)
             registered = time.monotonic() - started
             count = len(client.nthreads())
+            # Right after the last registration the ranks still send
+            # heartbeats and the scheduler still records the last workers.
+            time.sleep(settle)
             ending = time.monotonic()
             client.shutdown()
         job.wait(timeout)
@@ -203,6 +214,12 @@ def main() -> None:
         help="workers started on each worker rank",
     )
     parser.add_argument("--timeout", type=positive_seconds, default=600)
+    parser.add_argument(
+        "--settle",
+        type=non_negative_seconds,
+        default=2.0,
+        help="seconds between all workers registered and Client.shutdown()",
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--output", type=Path, default=PAGE)
     args = parser.parse_args()
@@ -220,7 +237,9 @@ def main() -> None:
     byte_compile(sys.executable)
     rows = []
     for count in counts:
-        product = run_product(count, min(args.per_rank, count), args.timeout)
+        product = run_product(
+            count, min(args.per_rank, count), args.timeout, args.settle
+        )
         row = {"n": count, **{f"ours_{k}": v for k, v in product.items()}}
         if not args.no_baseline:
             plain = run_baseline(count, deduplicate=False, leave_first=False)
@@ -234,15 +253,16 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    table = render(rows, args.per_rank)
+    table = render(rows, args.per_rank, args.settle)
     print(table)
     replace_section(args.output, MARK, "Scale", table)
 
 
-def render(rows: list[dict], per_rank: int) -> str:
+def render(rows: list[dict], per_rank: int, settle: float) -> str:
     lines = [
         f"Machine: {describe_machine()}. Workers are plain `distributed.Worker`"
-        f" objects, {per_rank} per rank, 1 thread each, on loopback.",
+        f" objects, {per_rank} per rank, 1 thread each, on loopback. The client"
+        f" calls `shutdown()` {settle:g} s after the last worker registered.",
         "",
         "| workers | ranks | dask-mpi: launch -> all registered (s) | "
         "dask-mpi: scheduler start -> all registered (s) | "

@@ -429,6 +429,11 @@ async def _start_workers(job: Job, workers: list[Any]) -> str | None:
     nthreads = options.nthreads or _nodes.default_threads(job.infos, job.rank)
     memory = _nodes.memory_limit(options.memory_limit, job.infos, job.rank, count)
     directory = options.local_directory or _nodes.default_local_directory()
+    if count > 1:
+        # A starting worker locks a file of its scratch space and checks the
+        # lock file of every other worker there, so the cost grows with the
+        # square of the workers that share the space.
+        directory = os.path.join(directory, f"dask-mpi-rank-{job.rank}")
 
     async def start(name: str) -> Any:
         kwargs = _worker.worker_kwargs(

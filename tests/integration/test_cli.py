@@ -148,6 +148,16 @@ def check_local_directory(tmp_path: Path) -> Callable[[dict[str, Any]], None]:
     return check
 
 
+def check_rank_directory(tmp_path: Path) -> Callable[[dict[str, Any]], None]:
+    def check(report: dict[str, Any]) -> None:
+        # Several workers of one rank share a scratch directory of the rank.
+        for worker in report["workers"]:
+            directory = Path(worker["local_directory"])
+            assert directory.is_relative_to(tmp_path / "dask-mpi-rank-1"), worker
+
+    return check
+
+
 def check_dashboard_off(report: dict[str, Any]) -> None:
     # The scheduler's HTTP server stays up, without the dashboard pages.
     assert report["dashboard_status"] == 404
@@ -225,6 +235,12 @@ OPTION_CASES = [
         ["--local-directory", "{tmp_path}"],
         check_local_directory,
         id="local_directory",
+    ),
+    pytest.param(
+        2,
+        ["--local-directory", "{tmp_path}", "--workers-per-rank", "2"],
+        check_rank_directory,
+        id="local_directory_per_rank",
     ),
 ]
 
