@@ -223,6 +223,7 @@ async def close_cluster(
     for rank in followers:
         job.world.post(message, rank)
     if scheduler is not None:
+        _stop_assigning_tasks(scheduler)
         _mute_departure_notices(scheduler)
         _mute_late_heartbeats()
         _wake_worker_ranks(job, scheduler)
@@ -275,20 +276,39 @@ def _mute_departure_notices(scheduler: Any) -> None:
     scheduler.worker_send = worker_send
 
 
+def _stop_assigning_tasks(scheduler: Any) -> None:
+    """Keep the scheduler from giving tasks to workers once the job ends.
+
+    Workers leave one rank after another, and the scheduler would run the
+    tasks of each worker that left on the workers still closing. Processes
+    that such a task starts after its rank looked for them outlive the
+    rank, and MPICH's mpirun waits for them. A worker that is not
+    "running" gets no new task.
+    """
+    for state in list(scheduler.workers.values()):
+        scheduler.handle_worker_status_change(
+            "closing_gracefully", state, stimulus_id="dask-mpi-job-ends"
+        )
+
+
 _LATE_HEARTBEAT = "Received heartbeat from unregistered worker"
+_LOST_RESULTS = "caused the cluster to lose already computed task"
 
 
 def _drop_late_heartbeat(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(_LATE_HEARTBEAT)
+    message = record.getMessage()
+    return not (message.startswith(_LATE_HEARTBEAT) or _LOST_RESULTS in message)
 
 
 def _mute_late_heartbeats() -> None:
-    """Drop the scheduler's warning about heartbeats from workers that left.
+    """Drop two scheduler warnings that describe the job's own end.
 
     A heartbeat that a worker sent before it closed can reach the scheduler
     after the worker was removed. With 1,000 workers leaving at once, a few
-    such WARNING lines appeared at every shutdown. The reply still tells the
-    worker to close.
+    such WARNING lines appeared at every shutdown. The reply still makes
+    the worker close. A worker that leaves with results still held by a
+    client makes the scheduler warn that they "will be recomputed
+    elsewhere", which no longer happens once the job ends.
     """
     found = logging.getLogger("distributed.scheduler")
     if _drop_late_heartbeat not in found.filters:

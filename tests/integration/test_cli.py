@@ -492,3 +492,36 @@ def test_cli_scheduler_port_taken(start_mpi):
         )
 
     assert_usage_error(result, f"--scheduler-port={port}")
+
+
+def test_cli_shutdown_reruns_no_tasks(start_mpi, tmp_path):
+    """Tasks of a worker that left are not run again while the job ends.
+
+    Before, a task run again on a closing worker started its ``sleep``
+    after that rank looked for leftover processes, and mpirun waited for it.
+    """
+    scheduler_file = tmp_path / "scheduler.json"
+    job = start_cluster(start_mpi, scheduler_file)
+
+    with Client(scheduler_file=str(scheduler_file), timeout=TIMEOUT) as client:
+        # A lambda travels by value: workers cannot import the test module.
+        start_sleep = lambda: __import__("subprocess").Popen(["sleep", "120"]).pid  # noqa: E731
+        futures = [client.submit(start_sleep, pure=False) for _ in range(3)]
+        pids = client.gather(futures)
+        client.shutdown()
+    result = job.wait(TIMEOUT)
+
+    assert result.elapsed < 20, result.describe()
+    assert_job_ended(result)
+    assert "recomputed elsewhere" not in result.stderr
+    for pid in pids:
+        assert _process_ended(pid), result.describe()
+
+
+def _process_ended(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            state = stat_file.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"

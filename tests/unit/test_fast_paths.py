@@ -108,6 +108,10 @@ def test_late_heartbeat_warning_muted_once_ending(caplog):
         _coordinator._mute_late_heartbeats()
         with caplog.at_level(logging.WARNING, logger="distributed.scheduler"):
             scheduler_logger.warning(late)
+            scheduler_logger.warning(
+                "Removing worker 'tls://127.0.0.1:2' caused the cluster to lose "
+                "already computed task(s), which will be recomputed elsewhere: {'x'}"
+            )
             scheduler_logger.warning("Another warning")
     finally:
         scheduler_logger.removeFilter(_coordinator._drop_late_heartbeat)
