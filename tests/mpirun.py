@@ -566,3 +566,13 @@ def assert_no_leftover_processes(
 def _kill_live_jobs() -> None:
     for job in list(_live_jobs):
         job.kill()
+
+
+def process_ended(pid: int) -> bool:
+    """Return whether ``pid`` is gone or a zombie that nobody collected yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            state = stat_file.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"

@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 from cluster_report import describe_cluster, worker_names
 from distributed import Client
-from mpirun import MPIJob, Result, assert_clean, assert_no_leftover_processes
+from mpirun import (
+    MPIJob,
+    Result,
+    assert_clean,
+    assert_no_leftover_processes,
+    process_ended,
+)
 
 pytestmark = pytest.mark.mpi
 
@@ -515,13 +521,5 @@ def test_cli_shutdown_reruns_no_tasks(start_mpi, tmp_path):
     assert_job_ended(result)
     assert "recomputed elsewhere" not in result.stderr
     for pid in pids:
-        assert _process_ended(pid), result.describe()
+        assert process_ended(pid), result.describe()
 
-
-def _process_ended(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat_file:
-            state = stat_file.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state == "Z"

@@ -46,6 +46,7 @@ from mpirun import (
     Result,
     assert_no_leftover_processes,
     find_error_lines,
+    process_ended,
 )
 
 pytestmark = pytest.mark.mpi
@@ -188,16 +189,6 @@ def end_line(result: Result) -> str:
     lines = [line for line in result.stderr.splitlines() if "Cluster closed: " in line]
     assert len(lines) == 1, result.describe()
     return lines[0]
-
-
-def process_ended(pid: int) -> bool:
-    """Return whether ``pid`` is gone or a zombie that nobody collected yet."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state == "Z"
 
 
 def count_tracebacks(result: Result) -> int:
