@@ -41,7 +41,30 @@ def load_defaults() -> None:
     with open(_YAML) as f:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         _defaults = yaml.load(f, Loader=loader)  # noqa: S506 (a safe loader)
+    _note_replaced(dask.config.config.get("mpi"), _defaults.get("mpi", {}))
     dask.config.update_defaults(_defaults)
+
+
+# Values the user set that dask.config.update_defaults replaced: it puts a
+# mapping default in place of a value that is not a mapping. Keyed by the
+# config key, "" for the whole mpi section.
+_replaced: dict[str, Any] = {}
+
+
+def _note_replaced(current: Any, defaults: Mapping[str, Any]) -> None:
+    """Record the user's values that a mapping default will replace."""
+    if current is None:
+        return
+    if not isinstance(current, Mapping):
+        _replaced[""] = current
+        return
+    for key, default in defaults.items():
+        if not isinstance(default, Mapping):
+            continue
+        for spelling in (key, key.replace("-", "_")):
+            value = current.get(spelling)
+            if value is not None and not isinstance(value, Mapping):
+                _replaced[key] = value
 
 
 def _restore_defaults() -> None:
@@ -539,6 +562,20 @@ def resolve(
         raise TypeError(
             f"unknown option(s) {', '.join(sorted(unknown))}; the options are "
             f"{', '.join(sorted(api_names()))}"
+        )
+    load_defaults()
+    for key, value in _replaced.items():
+        option, fix = (
+            config_source(key)
+            if key
+            else ("mpi", " Check the DASK_MPI variable and the dask config files.")
+        )
+        raise UsageError(
+            option,
+            value,
+            "not a mapping" if key else "not a mapping of mpi.* keys",
+            "Give a mapping of names to values, such as {\"lifetime\": \"1h\"}."
+            + fix,
         )
     values: dict[str, Any] = {}
     for key, check in _CHECKS.items():

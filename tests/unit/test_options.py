@@ -509,3 +509,34 @@ def test_tiny_memory_limit_rejected(value):
 
     assert caught.value.option == "--memory-limit"
     assert "below 1 MB" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "variable, value, option",
+    [
+        ("DASK_MPI__WORKER_OPTIONS", "[1, 2]", "DASK_MPI__WORKER_OPTIONS"),
+        ("DASK_MPI__SCHEDULER_OPTIONS", "idle_timeout=5", "DASK_MPI__SCHEDULER_OPTIONS"),
+        ("DASK_MPI", "5", "mpi"),
+    ],
+)
+def test_non_mapping_config_rejected(variable, value, option):
+    # Needs a fresh process: the check runs when the defaults are first read.
+    code = (
+        "from dask_mpi._options import Mode, Style, resolve\n"
+        "from dask_mpi.exceptions import UsageError\n"
+        "try:\n"
+        "    resolve(Mode.CLI, Style.CLI, {}, None)\n"
+        "except UsageError as error:\n"
+        "    print(error.option)\n"
+    )
+    environment = {**os.environ, variable: value}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == option
