@@ -199,9 +199,9 @@ def render(figures: dict, reps: int, mib: int) -> str:
     cipher = tls["cipher"]
     cipher_text = f"{cipher[0]} over {cipher[1]}" if cipher else "unknown"
 
-    def row(what: str, unit: str, a: float, b: float, scale: float = 1.0) -> str:
+    def row(label: str, unit: str, a: float, b: float, scale: float = 1.0) -> str:
         return (
-            f"| {what} | {a * scale:.2f} {unit} | {b * scale:.2f} {unit} "
+            f"| {label} | {a * scale:.2f} {unit} | {b * scale:.2f} {unit} "
             f"| ×{b / a:.2f} |"
         )
 

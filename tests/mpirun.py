@@ -569,7 +569,7 @@ def _kill_live_jobs() -> None:
 
 
 def process_ended(pid: int) -> bool:
-    """Return whether ``pid`` is gone or a zombie that nobody collected yet."""
+    """Return whether ``pid`` is gone or a zombie that its parent has not collected."""
     try:
         with open(f"/proc/{pid}/stat") as stat_file:
             state = stat_file.read().rsplit(")", 1)[1].split()[0]

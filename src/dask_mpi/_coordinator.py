@@ -225,7 +225,7 @@ async def close_cluster(
     if scheduler is not None:
         _stop_assigning_tasks(scheduler)
         _mute_departure_notices(scheduler)
-        _mute_late_heartbeats()
+        _mute_ending_warnings()
         _wake_worker_ranks(job, scheduler)
 
     await _close_all(workers, timeout, reason)
@@ -295,12 +295,12 @@ _LATE_HEARTBEAT = "Received heartbeat from unregistered worker"
 _LOST_RESULTS = "caused the cluster to lose already computed task"
 
 
-def _drop_late_heartbeat(record: logging.LogRecord) -> bool:
+def _drop_ending_warning(record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return not (message.startswith(_LATE_HEARTBEAT) or _LOST_RESULTS in message)
 
 
-def _mute_late_heartbeats() -> None:
+def _mute_ending_warnings() -> None:
     """Drop two scheduler warnings that describe the job's own end.
 
     A heartbeat that a worker sent before it closed can reach the scheduler
@@ -311,8 +311,8 @@ def _mute_late_heartbeats() -> None:
     elsewhere", which no longer happens once the job ends.
     """
     found = logging.getLogger("distributed.scheduler")
-    if _drop_late_heartbeat not in found.filters:
-        found.addFilter(_drop_late_heartbeat)
+    if _drop_ending_warning not in found.filters:
+        found.addFilter(_drop_ending_warning)
 
 
 def _wake_worker_ranks(job: Job, scheduler: Any) -> None:

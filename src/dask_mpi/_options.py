@@ -45,9 +45,11 @@ def load_defaults() -> None:
     dask.config.update_defaults(_defaults)
 
 
-# Values the user set that dask.config.update_defaults replaced: it puts a
-# mapping default in place of a value that is not a mapping. Keyed by the
-# config key, "" for the whole mpi section.
+# Values the user set that dask.config.update_defaults replaced, because it
+# puts a mapping default in place of a value that is not a mapping. Keyed by
+# the config key, "" for the whole mpi section.
+# NOTE: recorded when the defaults are first read. A bad value that a later
+# dask.config.refresh() collects is replaced again without a message.
 _replaced: dict[str, Any] = {}
 
 
@@ -574,8 +576,7 @@ def resolve(
             option,
             value,
             "not a mapping" if key else "not a mapping of mpi.* keys",
-            "Give a mapping of names to values, such as {\"lifetime\": \"1h\"}."
-            + fix,
+            'Give a mapping of names to values, such as {"lifetime": "1h"}.' + fix,
         )
     values: dict[str, Any] = {}
     for key, check in _CHECKS.items():

@@ -238,19 +238,14 @@ def end_left_running(earlier: list[Any], grace: float = 1.0) -> None:
     import psutil
 
     found = {process.pid: process for process in [*earlier, *descendants()]}
-    left = {}
-    for pid, process in found.items():
-        described = _left_running(process)
-        if described is not None:
-            left[pid] = (process, described)
-    if not left:
+    alive = [process for process in found.values() if _left_running(process)]
+    if not alive:
         return
     logger.warning(
         "Ending %d process(es) that tasks started and left running: %s",
-        len(left),
-        ", ".join(described for _, described in left.values()),
+        len(alive),
+        ", ".join(filter(None, map(_left_running, alive))),
     )
-    alive = [process for process, _ in left.values()]
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.terminate()

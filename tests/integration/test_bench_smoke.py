@@ -158,4 +158,5 @@ def test_tls_bench_writes_table(tmp_path):
     assert "TLSv1" in report, report
     rows = [line for line in report.splitlines() if line.startswith("| distributed")]
     assert len(rows) == 3, report
-    assert "nan" not in report and "×inf" not in report, report
+    assert "nan" not in report, report
+    assert "×inf" not in report, report

@@ -104,8 +104,8 @@ def test_late_heartbeat_warning_muted_once_ending(caplog):
     scheduler_logger = logging.getLogger("distributed.scheduler")
     late = "Received heartbeat from unregistered worker 'tls://127.0.0.1:1'."
     try:
-        _coordinator._mute_late_heartbeats()
-        _coordinator._mute_late_heartbeats()
+        _coordinator._mute_ending_warnings()
+        _coordinator._mute_ending_warnings()
         with caplog.at_level(logging.WARNING, logger="distributed.scheduler"):
             scheduler_logger.warning(late)
             scheduler_logger.warning(
@@ -114,8 +114,8 @@ def test_late_heartbeat_warning_muted_once_ending(caplog):
             )
             scheduler_logger.warning("Another warning")
     finally:
-        scheduler_logger.removeFilter(_coordinator._drop_late_heartbeat)
+        scheduler_logger.removeFilter(_coordinator._drop_ending_warning)
 
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["Another warning"]
-    assert scheduler_logger.filters.count(_coordinator._drop_late_heartbeat) == 0
+    assert scheduler_logger.filters.count(_coordinator._drop_ending_warning) == 0
